@@ -1,0 +1,115 @@
+"""thrifty's exceptions: one tree, documented here.
+
+    ThriftyError                   base of everything thrifty raises
+    ├── ConfigurationError         settings or a config file are wrong (names the file/field)
+    ├── InvalidRequestError        the caller's request is wrong (HTTP 400)
+    │   ├── UnknownOptionError     an unknown key in the thrifty options
+    │   ├── UnknownModelError      no provider serves that model name (HTTP 404)
+    │   └── UnknownProviderError   the ``provider/`` prefix names no provider (HTTP 404)
+    ├── AuthenticationError        a provider needs an API key that is not configured (HTTP 401)
+    ├── RateLimitError             a thrifty rate limit or budget was hit (HTTP 429)
+    ├── UpstreamError              the upstream provider answered with an error (its HTTP status)
+    │   ├── UpstreamTimeoutError   the upstream did not answer in time
+    │   └── UpstreamConnectionError the upstream could not be reached
+    ├── LocalModelError            a local model is missing, corrupt or failed to load (HTTP 503)
+    └── LedgerError                the ledger could not be opened or migrated
+
+Foreign errors (httpx2, SDK, database) are mapped to this tree at the boundary
+where they occur, chained with ``raise ... from``. Each class carries the HTTP
+status and the OpenAI/Anthropic error ``type`` that codecs use to answer a
+client in its own API's error shape, which is how a wrapped SDK client raises
+its own exception type (``openai.NotFoundError`` for an unknown model, say).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ThriftyError(Exception):
+    status_code: int = 500
+    openai_type: str = "server_error"
+    anthropic_type: str = "api_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class ConfigurationError(ThriftyError):
+    status_code = 500
+    openai_type = "server_error"
+    anthropic_type = "api_error"
+
+
+class InvalidRequestError(ThriftyError):
+    status_code = 400
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+
+
+class UnknownOptionError(InvalidRequestError):
+    pass
+
+
+class UnknownModelError(InvalidRequestError):
+    status_code = 404
+    anthropic_type = "not_found_error"
+
+
+class UnknownProviderError(UnknownModelError):
+    pass
+
+
+class AuthenticationError(ThriftyError):
+    status_code = 401
+    openai_type = "authentication_error"
+    anthropic_type = "authentication_error"
+
+
+class RateLimitError(ThriftyError):
+    status_code = 429
+    openai_type = "rate_limit_error"
+    anthropic_type = "rate_limit_error"
+
+
+class UpstreamError(ThriftyError):
+    """The upstream answered with an error; ``body`` is its parsed error body, if any."""
+
+    openai_type = "upstream_error"
+    anthropic_type = "api_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int = 502,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param)
+        self.status_code = status_code
+        self.body = body
+        self.headers = headers or {}
+
+
+class UpstreamTimeoutError(UpstreamError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status_code=504)
+
+
+class UpstreamConnectionError(UpstreamError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status_code=502)
+
+
+class LocalModelError(ThriftyError):
+    status_code = 503
+    openai_type = "server_error"
+    anthropic_type = "overloaded_error"
+
+
+class LedgerError(ThriftyError):
+    pass

@@ -1,0 +1,142 @@
+"""Per-call context and the typed per-call options.
+
+A :class:`CallContext` is made by the entry (wrapper or proxy) for each call
+and travels beside the neutral :class:`~thrifty.types.Request` through every
+stage. Stages record what they did on it (the route, the savings of each
+technique); the ledger observer reads it to write the call's row.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from thrifty.errors import InvalidRequestError, UnknownOptionError
+
+if TYPE_CHECKING:
+    from thrifty.middleware.providers.base import Provider
+
+Entry = Literal["wrapper", "proxy"]
+
+
+class ThriftyOptions(BaseModel):
+    """Options a caller sets per call.
+
+    In the wrapper: ``extra_body={"thrifty": {...}}``; in the proxy: the
+    ``x-thrifty-options`` header (JSON) or a ``thrifty`` body field. Unknown keys
+    are an error. Fields a caller did not set are told apart from ones set to
+    ``None`` by ``model_fields_set``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tags: list[str] = Field(default_factory=list, description="labels for the ledger and dashboards")
+    user: str | None = Field(default=None, description="the end user the call is made for")
+    project: str | None = Field(default=None, description="the project the spend belongs to")
+
+    @classmethod
+    def parse(cls, raw: Any) -> ThriftyOptions:
+        """Validate raw options, with an error that names the bad key."""
+        if raw is None:
+            return EMPTY_OPTIONS
+        if isinstance(raw, ThriftyOptions):
+            return raw
+        if not isinstance(raw, dict):
+            raise InvalidRequestError(
+                f"thrifty options must be a JSON object, got {type(raw).__name__}", param="thrifty"
+            )
+        if not raw:
+            return EMPTY_OPTIONS
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            if first["type"] == "extra_forbidden":
+                known = ", ".join(sorted(cls.model_fields))
+                raise UnknownOptionError(
+                    f"unknown thrifty option {where!r}; known options are: {known}",
+                    param=f"thrifty.{where}",
+                ) from None
+            raise InvalidRequestError(
+                f"invalid thrifty option {where!r}: {first['msg']}", param=f"thrifty.{where}"
+            ) from None
+
+
+EMPTY_OPTIONS = ThriftyOptions()
+
+
+@dataclass(slots=True)
+class Saving:
+    """What one technique saved on a call, measured against not applying it."""
+
+    tokens_before: int
+    tokens_after: int
+    usd_saved: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_saved(self) -> int:
+        return self.tokens_before - self.tokens_after
+
+
+@dataclass(slots=True)
+class Target:
+    """Where a call goes: the provider object and the model name it knows."""
+
+    provider: Provider
+    model: str
+
+
+def new_call_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class CallContext:
+    entry: Entry
+    wire: Literal["openai", "anthropic"]
+    options: ThriftyOptions = EMPTY_OPTIONS
+    call_id: str = field(default_factory=new_call_id)
+    parent_call_id: str | None = None
+    attempt: int = 1
+    key_id: str | None = None
+    user: str | None = None
+    project: str | None = None
+    tags: list[str] = field(default_factory=list)
+    deadline: float | None = None  # time.monotonic() by which the call must end
+    started_at: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.perf_counter)
+    model_requested: str = ""
+    target: Target | None = None
+    route_decision: str | None = None
+    savings: dict[str, Saving] = field(default_factory=dict)
+    decode_hooks: list[Any] = field(default_factory=list)
+    upstream_headers: dict[str, str] = field(default_factory=dict)
+    # facts the ledger observer fills in, that the entry may read to answer (headers)
+    upstream_ms: float = 0.0
+    result: Any = None
+
+    def child(self) -> CallContext:
+        """A context for another attempt (retry, reask, fallback) of this call."""
+        return CallContext(
+            entry=self.entry,
+            wire=self.wire,
+            options=self.options,
+            parent_call_id=self.parent_call_id or self.call_id,
+            attempt=self.attempt + 1,
+            key_id=self.key_id,
+            user=self.user,
+            project=self.project,
+            tags=self.tags,
+            deadline=self.deadline,
+            model_requested=self.model_requested,
+            target=self.target,
+            route_decision=self.route_decision,
+            savings=dict(self.savings),
+            upstream_headers=self.upstream_headers,
+        )

@@ -1,0 +1,157 @@
+"""Settings: loaded explicitly with :meth:`Settings.load`, never at import.
+
+Sources, later ones winning: built-in defaults, a TOML config file, then
+``THRIFTY_*`` environment variables (nested keys with ``__``, e.g.
+``THRIFTY_LEDGER__BATCH_SIZE=200``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from thrifty.errors import ConfigurationError
+
+ProviderKind = Literal["openai", "anthropic", "openai-compatible", "local"]
+
+
+class ProviderConfig(BaseModel):
+    """One upstream provider, addressed in model names as ``<name>/<model>``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: ProviderKind
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    api_key_env: str | None = Field(default=None, description="environment variable holding the key")
+    timeout_s: float = 600.0
+    headers: dict[str, str] = Field(default_factory=dict)
+    pricing_id: str | None = Field(
+        default=None, description="genai-prices provider id used to price this provider's models"
+    )
+
+    def resolved_api_key(self) -> str | None:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env) or None
+        return None
+
+
+def _default_providers() -> dict[str, ProviderConfig]:
+    return {
+        "openai": ProviderConfig(kind="openai", api_key_env="OPENAI_API_KEY"),
+        "anthropic": ProviderConfig(kind="anthropic", api_key_env="ANTHROPIC_API_KEY"),
+        "local": ProviderConfig(kind="local"),
+    }
+
+
+class LedgerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    batch_size: int = Field(default=500, ge=1)
+    flush_interval_s: float = Field(default=0.5, gt=0)
+    max_buffer_rows: int = Field(default=1_000_000, ge=1)
+    retry_interval_s: float = Field(default=2.0, gt=0)
+    store_prompts: bool = False
+    prompt_retention_days: int = Field(default=30, ge=1)
+
+
+class LocalModelSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cache_dir: Path | None = None  # default: <user cache dir>/thrifty/models
+    threads: int | None = None
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("thrifty", appauthor=False))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="THRIFTY_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    db_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite file in data_dir")
+    providers: dict[str, ProviderConfig] = Field(default_factory=_default_providers)
+    default_provider: str = Field(
+        default="local", description="provider of bare model names when no wrapped client gives one"
+    )
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    local: LocalModelSettings = Field(default_factory=LocalModelSettings)
+
+    @property
+    def ledger_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.data_dir / 'ledger.db'}"
+
+    @classmethod
+    def load(cls, config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then the TOML ``config_file`` (or ``$THRIFTY_CONFIG``), then env, then overrides."""
+        path = config_file or os.environ.get("THRIFTY_CONFIG")
+        data: dict[str, Any] = {}
+        if path:
+            data = _read_toml(Path(path))
+        providers = _default_providers()
+        for name, cfg in (data.pop("providers", None) or {}).items():
+            providers[name] = cfg
+        data["providers"] = providers
+        data.update(overrides)
+        try:
+            # init kwargs rank above env in pydantic-settings; invert so env wins over the file
+            env_only = cls._env_values()
+            merged = _deep_merge(data, env_only)
+            return cls(**merged)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            source = f" in {path}" if path else ""
+            raise ConfigurationError(f"invalid setting {where!r}{source}: {first['msg']}") from None
+
+    @classmethod
+    def _env_values(cls) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        prefix = "THRIFTY_"
+        for key, value in os.environ.items():
+            if not key.startswith(prefix) or key == "THRIFTY_CONFIG":
+                continue
+            parts = key[len(prefix) :].lower().split("__")
+            if parts[0] not in cls.model_fields:
+                continue
+            node = out
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = value
+        return out
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        elif isinstance(value, dict) and isinstance(out.get(key), BaseModel):
+            out[key] = _deep_merge(out[key].model_dump(), value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{path}: {exc}") from exc
