@@ -127,6 +127,7 @@ class Request:
     top_p: float | None = None
     stop: list[str] = field(default_factory=list)
     stream: bool = False
+    stream_usage: bool = False  # the client asked for a final usage event in its stream
     n: int = 1
     seed: int | None = None
     logprobs: bool = False

@@ -113,6 +113,7 @@ class CallContext:
     started: float = field(default_factory=time.perf_counter)
     model_requested: str = ""
     target: Target | None = None
+    bound_provider: Provider | None = None  # a wrapped client's own provider, for bare model names
     route_decision: str | None = None
     savings: dict[str, Saving] = field(default_factory=dict)
     decode_hooks: list[Any] = field(default_factory=list)
@@ -136,6 +137,7 @@ class CallContext:
             deadline=self.deadline,
             model_requested=self.model_requested,
             target=self.target,
+            bound_provider=self.bound_provider,
             route_decision=self.route_decision,
             savings=dict(self.savings),
             upstream_headers=self.upstream_headers,

@@ -1,0 +1,51 @@
+"""thrifty: middleware that makes LLM calls cheaper and more reliable, and accounts for every token.
+
+    import thrifty, openai
+    client = thrifty.wrap(openai.OpenAI())
+    client.chat.completions.create(model="local/smollm2-135m", messages=[...])
+"""
+
+from thrifty.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    InvalidRequestError,
+    LedgerError,
+    LocalModelError,
+    RateLimitError,
+    ThriftyError,
+    UnknownModelError,
+    UnknownOptionError,
+    UnknownProviderError,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from thrifty.middleware.context import CallContext, ThriftyOptions
+from thrifty.middleware.engine import Engine
+from thrifty.middleware.pipeline import Pipeline, Stage
+from thrifty.middleware.wrappers import wrap
+from thrifty.settings import ProviderConfig, Settings
+
+__all__ = [
+    "AuthenticationError",
+    "CallContext",
+    "ConfigurationError",
+    "Engine",
+    "InvalidRequestError",
+    "LedgerError",
+    "LocalModelError",
+    "Pipeline",
+    "ProviderConfig",
+    "RateLimitError",
+    "Settings",
+    "Stage",
+    "ThriftyError",
+    "ThriftyOptions",
+    "UnknownModelError",
+    "UnknownOptionError",
+    "UnknownProviderError",
+    "UpstreamConnectionError",
+    "UpstreamError",
+    "UpstreamTimeoutError",
+    "wrap",
+]

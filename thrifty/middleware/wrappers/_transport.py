@@ -1,0 +1,219 @@
+"""The HTTP transport a wrapped SDK client talks to.
+
+``thrifty.wrap(client)`` returns a copy of the SDK client whose HTTP client
+has this transport. The SDK builds its request as usual; the transport decodes
+it with the wire's codec, runs thrifty's pipeline, and answers with the wire's
+JSON or server-sent events, which the SDK parses into its own types (streams
+included) and maps to its own exceptions. Requests to other endpoints
+(embeddings, files, ...) go to the original client's HTTP client untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import httpx2
+
+from thrifty.errors import InvalidRequestError, ThriftyError, UpstreamConnectionError, UpstreamTimeoutError
+from thrifty.middleware.context import CallContext, ThriftyOptions
+from thrifty.middleware.engine import Engine
+from thrifty.middleware.providers._http import HTTPProvider, forwardable_headers
+from thrifty.types import AsyncEventStream, EventStream, Response, StreamError
+
+_JSON = [("content-type", "application/json")]
+_SSE = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
+
+
+@dataclass(slots=True)
+class Binding:
+    """What ties a wrapped client to thrifty: its wire, its endpoint and its own provider."""
+
+    wire: str
+    codec: ModuleType
+    endpoint: str  # path suffix of the intercepted endpoint
+    provider: HTTPProvider
+    passthrough: httpx2.Client | httpx2.AsyncClient
+
+
+class _Entry:
+    """Decoding, context and encoding shared by the sync and async transports."""
+
+    def __init__(self, engine: Engine, binding: Binding) -> None:
+        self.engine = engine
+        self.binding = binding
+        self._key_ids: dict[str, str] = {}
+
+    def intercepts(self, request: httpx2.Request) -> bool:
+        return request.method == "POST" and request.url.path.endswith(self.binding.endpoint)
+
+    def begin(self, request: httpx2.Request) -> tuple[Any, CallContext]:
+        codec = self.binding.codec
+        try:
+            body = json.loads(request.content)
+        except ValueError:
+            raise InvalidRequestError("the request body is not valid JSON") from None
+        neutral, raw_options = codec.decode_request(body)
+        options = ThriftyOptions.parse(raw_options)
+        headers = request.headers
+        retries = headers.get("x-stainless-retry-count")
+        ctx = CallContext(
+            entry="wrapper",
+            wire=self.binding.wire,  # type: ignore[arg-type]
+            options=options,
+            attempt=int(retries) + 1 if retries and retries.isdigit() else 1,
+            key_id=self._key_id(headers),
+            user=options.user or neutral.user,
+            project=options.project,
+            tags=options.tags,
+            model_requested=neutral.model,
+            bound_provider=self.binding.provider,
+            upstream_headers=forwardable_headers(headers),
+        )
+        return neutral, ctx
+
+    def _key_id(self, headers: httpx2.Headers) -> str | None:
+        secret = headers.get("authorization") or headers.get("x-api-key")
+        if not secret:
+            return None
+        key_id = self._key_ids.get(secret)
+        if key_id is None:
+            key_id = hashlib.sha256(secret.removeprefix("Bearer ").encode()).hexdigest()[:16]
+            if len(self._key_ids) < 64:
+                self._key_ids[secret] = key_id
+        return key_id
+
+    def headers(self, ctx: CallContext, base: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        return [*base, ("x-thrifty-request-id", ctx.call_id)]
+
+    def answer(self, result: Response, ctx: CallContext) -> httpx2.Response:
+        content = json.dumps(self.binding.codec.encode_response(result), ensure_ascii=False).encode()
+        return httpx2.Response(200, headers=self.headers(ctx, _JSON), content=content)
+
+    def error(self, exc: Exception, ctx: CallContext | None) -> httpx2.Response:
+        if isinstance(exc, UpstreamTimeoutError):
+            raise httpx2.ReadTimeout(exc.message) from exc
+        if isinstance(exc, UpstreamConnectionError):
+            raise httpx2.ConnectError(exc.message) from exc
+        if not isinstance(exc, ThriftyError):
+            raise exc
+        headers = list(_JSON)
+        if ctx is not None:
+            headers.append(("x-thrifty-request-id", ctx.call_id))
+        headers.extend(getattr(exc, "headers", {}).items())
+        content = json.dumps(self.binding.codec.error_body(exc)).encode()
+        return httpx2.Response(exc.status_code, headers=headers, content=content)
+
+
+class _SSEBody(httpx2.SyncByteStream):
+    def __init__(self, events: EventStream, encoder: Any) -> None:
+        self._events = events
+        self._encoder = encoder
+
+    def __iter__(self) -> Iterator[bytes]:
+        encoder = self._encoder
+        try:
+            for event in self._events:
+                chunk = encoder.encode(event)
+                if chunk:
+                    yield chunk
+                if isinstance(event, StreamError):
+                    return
+        except Exception as exc:  # a failure after the stream started goes inside it
+            yield encoder.encode(StreamError(exc))
+            return
+        yield encoder.finish()
+
+    def close(self) -> None:
+        self._events.close()
+
+
+class _AsyncSSEBody(httpx2.AsyncByteStream):
+    def __init__(self, events: AsyncEventStream, encoder: Any) -> None:
+        self._events = events
+        self._encoder = encoder
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        encoder = self._encoder
+        try:
+            async for event in self._events:
+                chunk = encoder.encode(event)
+                if chunk:
+                    yield chunk
+                if isinstance(event, StreamError):
+                    return
+        except Exception as exc:
+            yield encoder.encode(StreamError(exc))
+            return
+        yield encoder.finish()
+
+    async def aclose(self) -> None:
+        await self._events.aclose()
+
+
+def _encoder(entry: _Entry, neutral: Any) -> Any:
+    codec = entry.binding.codec
+    return codec.StreamEncoder(neutral.stream_usage) if entry.binding.wire == "openai" else codec.StreamEncoder()
+
+
+class WrapperTransport(httpx2.BaseTransport):
+    def __init__(self, engine: Engine, binding: Binding) -> None:
+        self._entry = _Entry(engine, binding)
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        entry = self._entry
+        if not entry.intercepts(request):
+            return _forward(entry.binding.passthrough, request)  # type: ignore[arg-type]
+        ctx = None
+        try:
+            request.read()
+            neutral, ctx = entry.begin(request)
+            result = entry.engine.handle(neutral, ctx)
+        except Exception as exc:
+            return entry.error(exc, ctx)
+        if isinstance(result, EventStream):
+            return httpx2.Response(200, headers=entry.headers(ctx, _SSE), stream=_SSEBody(result, _encoder(entry, neutral)))
+        return entry.answer(result, ctx)
+
+    def close(self) -> None:
+        pass
+
+
+class AsyncWrapperTransport(httpx2.AsyncBaseTransport):
+    def __init__(self, engine: Engine, binding: Binding) -> None:
+        self._entry = _Entry(engine, binding)
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        entry = self._entry
+        if not entry.intercepts(request):
+            return await _aforward(entry.binding.passthrough, request)  # type: ignore[arg-type]
+        ctx = None
+        try:
+            await request.aread()
+            neutral, ctx = entry.begin(request)
+            result = await entry.engine.ahandle(neutral, ctx)
+        except Exception as exc:
+            return entry.error(exc, ctx)
+        if isinstance(result, AsyncEventStream):
+            return httpx2.Response(200, headers=entry.headers(ctx, _SSE),
+                                   stream=_AsyncSSEBody(result, _encoder(entry, neutral)))
+        return entry.answer(result, ctx)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _forward(client: httpx2.Client, request: httpx2.Request) -> httpx2.Response:
+    answer = client.send(request, stream=True)
+    return httpx2.Response(answer.status_code, headers=answer.headers, stream=answer.stream,
+                           extensions=answer.extensions)
+
+
+async def _aforward(client: httpx2.AsyncClient, request: httpx2.Request) -> httpx2.Response:
+    answer = await client.send(request, stream=True)
+    return httpx2.Response(answer.status_code, headers=answer.headers, stream=answer.stream,
+                           extensions=answer.extensions)

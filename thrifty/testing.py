@@ -1,0 +1,184 @@
+"""A loopback upstream for tests and benchmarks.
+
+:class:`CannedUpstream` is a real HTTP server on 127.0.0.1 that answers the
+OpenAI ``/v1/chat/completions`` and Anthropic ``/v1/messages`` endpoints with
+canned replies, fast enough to measure thrifty's own overhead against, and with
+the failures a real provider cannot produce on demand, chosen by model name:
+
+- ``fail-<status>``: an error answer with that HTTP status, in the wire's error shape;
+- ``slow-<ms>``: answer after that many milliseconds;
+- ``cut-stream``: a stream that breaks off after two events.
+
+It records each request body it received in :attr:`CannedUpstream.requests`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+REPLY = "Hello from the canned upstream."
+
+
+def _prompt_size(body: dict[str, Any]) -> int:
+    """A deterministic stand-in for a prompt token count: words in the messages, plus one per message."""
+    words = 0
+    messages = list(body.get("messages") or [])
+    if body.get("system"):
+        messages.append({"content": body["system"]})
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            content = " ".join(str(b.get("text", "")) for b in content if isinstance(b, dict))
+        words += len(str(content or "").split()) + 1
+    return words
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        length = int(self.headers.get("content-length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        self.server.owner.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+        model = str(body.get("model", ""))
+        anthropic = self.path.endswith("/messages")
+        if model.startswith("slow-"):
+            time.sleep(int(model.split("-", 1)[1]) / 1000)
+        if model.startswith("fail-"):
+            status = int(model.split("-", 1)[1])
+            error = ({"type": "error", "error": {"type": "api_error", "message": f"canned failure {status}"}}
+                     if anthropic else {"error": {"message": f"canned failure {status}", "type": "server_error",
+                                                  "param": None, "code": None}})
+            extra = [("retry-after", "0")] if status == 429 else []
+            return self._send(status, json.dumps(error).encode(), "application/json", extra)
+        prompt = _prompt_size(body)
+        words = REPLY.split(" ")
+        if anthropic:
+            return self._anthropic(body, model, prompt, words)
+        return self._openai(body, model, prompt, words)
+
+    def _send(self, status: int, payload: bytes, ctype: str, extra: list[tuple[str, str]] = ()) -> None:  # type: ignore[assignment]
+        self.send_response(status)
+        self.send_header("content-type", ctype)
+        self.send_header("content-length", str(len(payload)))
+        for k, v in extra:
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _stream(self, events: list[bytes], cut: bool) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("connection", "close")
+        self.end_headers()
+        for i, event in enumerate(events):
+            if cut and i == 2:
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            self.wfile.write(event)
+        self.wfile.flush()
+        self.close_connection = True
+
+    def _openai(self, body: dict[str, Any], model: str, prompt: int, words: list[str]) -> None:
+        usage = {"prompt_tokens": prompt, "completion_tokens": len(words), "total_tokens": prompt + len(words),
+                 "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}
+        head = {"id": "chatcmpl-canned", "created": 1_700_000_000, "model": model, "system_fingerprint": "fp_canned"}
+        if not body.get("stream"):
+            reply = {**head, "object": "chat.completion", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": REPLY, "refusal": None},
+                 "logprobs": None, "finish_reason": "stop"}], "usage": usage}
+            return self._send(200, json.dumps(reply).encode(), "application/json")
+        chunk = {**head, "object": "chat.completion.chunk"}
+        events = [_data({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                               "finish_reason": None}]})]
+        for i, word in enumerate(words):
+            text = word if i == 0 else " " + word
+            events.append(_data({**chunk, "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}))
+        events.append(_data({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            events.append(_data({**chunk, "choices": [], "usage": usage}))
+        events.append(b"data: [DONE]\n\n")
+        self._stream(events, model == "cut-stream")
+
+    def _anthropic(self, body: dict[str, Any], model: str, prompt: int, words: list[str]) -> None:
+        usage = {"input_tokens": prompt, "output_tokens": len(words), "cache_creation_input_tokens": 0,
+                 "cache_read_input_tokens": 0}
+        if not body.get("stream"):
+            reply = {"id": "msg_canned", "type": "message", "role": "assistant", "model": model,
+                     "content": [{"type": "text", "text": REPLY}], "stop_reason": "end_turn",
+                     "stop_sequence": None, "usage": usage}
+            return self._send(200, json.dumps(reply).encode(), "application/json")
+        start = {"id": "msg_canned", "type": "message", "role": "assistant", "model": model, "content": [],
+                 "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}
+        events = [_event("message_start", {"type": "message_start", "message": start}),
+                  _event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                 "content_block": {"type": "text", "text": ""}})]
+        for i, word in enumerate(words):
+            text = word if i == 0 else " " + word
+            events.append(_event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                         "delta": {"type": "text_delta", "text": text}}))
+        events += [_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                   _event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn",
+                                                                               "stop_sequence": None},
+                                            "usage": {"output_tokens": len(words)}}),
+                   _event("message_stop", {"type": "message_stop"})]
+        self._stream(events, model == "cut-stream")
+
+
+def _data(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def _event(name: str, obj: Any) -> bytes:
+    return b"event: " + name.encode() + b"\n" + _data(obj)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    owner: CannedUpstream
+
+
+class CannedUpstream:
+    """Start with ``with CannedUpstream() as up:``; ``up.url`` is the ``/v1`` base URL."""
+
+    def __init__(self, port: int = 0) -> None:
+        self._server = _Server(("127.0.0.1", port), _Handler)
+        self._server.owner = self
+        self.requests: list[dict[str, Any]] = []
+        self._thread = threading.Thread(target=self._server.serve_forever, name="canned-upstream", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return self.base_url + "/v1"
+
+    def start(self) -> CannedUpstream:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> CannedUpstream:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
