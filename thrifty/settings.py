@@ -101,9 +101,9 @@ class Settings(BaseSettings):
         data: dict[str, Any] = {}
         if path:
             data = _read_toml(Path(path))
-        providers = _default_providers()
-        for name, cfg in (data.pop("providers", None) or {}).items():
-            providers[name] = cfg
+        providers: dict[str, Any] = dict(_default_providers())
+        providers.update(data.pop("providers", None) or {})
+        providers.update(overrides.pop("providers", None) or {})
         data["providers"] = providers
         data.update(overrides)
         try:

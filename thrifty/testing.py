@@ -44,10 +44,17 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
         pass
 
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path.rstrip("/").endswith("/models"):
+            models = {"object": "list", "data": [{"id": "gpt-canned", "object": "model", "created": 0,
+                                                  "owned_by": "canned"}]}
+            return self._send(200, json.dumps(models).encode(), "application/json")
+        self._send(404, b'{"error": {"message": "not found", "type": "invalid_request_error"}}', "application/json")
+
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         length = int(self.headers.get("content-length") or 0)
         body = json.loads(self.rfile.read(length) or b"{}")
-        self.server.owner.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+        self.server.owner.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
         model = str(body.get("model", ""))
         anthropic = self.path.endswith("/messages")
         if model.startswith("slow-"):

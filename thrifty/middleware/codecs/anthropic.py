@@ -347,11 +347,15 @@ def encode_response(response: Response) -> dict[str, Any]:
 
 
 class StreamDecoder:
-    """Turns Anthropic's stream events into neutral ones (usage arrives in two halves)."""
+    """Turns Anthropic's stream events into neutral ones (usage arrives in two halves).
 
-    __slots__ = ("_usage", "_tool_blocks", "_tools_seen")
+    ``done`` is set by ``message_stop``; a stream that ends without it was cut off.
+    """
+
+    __slots__ = ("_usage", "_tool_blocks", "_tools_seen", "done")
 
     def __init__(self) -> None:
+        self.done = False
         self._usage = Usage()
         self._tool_blocks: dict[int, int] = {}  # content block index -> tool index
         self._tools_seen = 0
@@ -390,7 +394,11 @@ class StreamDecoder:
                                         stop_sequence=delta.get("stop_sequence")))
             events.append(UsageEvent(_copy(self._usage)))
             return events
+        if kind == "message_stop":
+            self.done = True
+            return []
         if kind == "error":
+            self.done = True
             err = data.get("error") or {}
             return [StreamError(UpstreamError(f"upstream stream error: {err.get('message', 'unknown')}",
                                               body=data))]

@@ -427,12 +427,17 @@ def _finish_out(reason: str | None) -> str | None:
 
 
 class StreamDecoder:
-    """Turns an OpenAI-wire upstream's chunks into neutral stream events."""
+    """Turns an OpenAI-wire upstream's chunks into neutral stream events.
 
-    __slots__ = ("_started",)
+    ``done`` is set by the reader when ``[DONE]`` arrives; a stream that ends
+    without it was cut off.
+    """
+
+    __slots__ = ("_started", "done")
 
     def __init__(self) -> None:
         self._started = False
+        self.done = False
 
     def feed(self, event: str | None, chunk: dict[str, Any]) -> list[StreamEvent]:
         if chunk.get("error"):

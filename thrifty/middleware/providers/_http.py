@@ -126,8 +126,11 @@ class HTTPProvider(Provider):
         try:
             for event, data in iter_sse(answer.iter_lines()):
                 if data.startswith("[DONE]"):
+                    decoder.done = True
                     break
                 yield from _feed(decoder, event, data, self.name)
+            if not decoder.done:
+                yield from _stream_failure(self.name, EOFError("the stream ended before its final event"))
         except httpx2.TransportError as exc:
             yield from _stream_failure(self.name, exc)
         finally:
@@ -160,8 +163,12 @@ class HTTPProvider(Provider):
         try:
             async for event, data in aiter_sse(answer.aiter_lines()):
                 if data.startswith("[DONE]"):
+                    decoder.done = True
                     break
                 for item in _feed(decoder, event, data, self.name):
+                    yield item
+            if not decoder.done:
+                for item in _stream_failure(self.name, EOFError("the stream ended before its final event")):
                     yield item
         except httpx2.TransportError as exc:
             for item in _stream_failure(self.name, exc):

