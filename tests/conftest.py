@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,9 @@ from thrifty.testing import CannedUpstream
 for _var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "THRIFTY_CONFIG", "THRIFTY_DB_URL"):
     os.environ.pop(_var, None)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the process default engine (used when a test wraps without an engine) writes here, not in $HOME
+_session_data = Path(tempfile.mkdtemp(prefix="thrifty-test-data-"))
+os.environ["THRIFTY_DATA_DIR"] = str(_session_data)
 
 PG_URL = os.environ.get("THRIFTY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

@@ -44,8 +44,8 @@ def wrap(client: Any, *, engine: Engine | None = None) -> Any:
     provider, goes to the wrapped client's own API with its own key and base URL.
     Per-call options go in ``extra_body={"thrifty": {...}}``.
     """
-    engine = engine if engine is not None else default_engine()
     kind, is_async = _client_kind(client)
+    engine = engine if engine is not None else default_engine()
     if kind == "openai":
         binding = _openai_binding(client, is_async)
     else:
