@@ -205,3 +205,11 @@ def test_failed_attempts_write_rows(engine, upstream, ledger_rows):
     failures = [r for r in rows if r["model_requested"] == "fail-500"]
     assert [r["attempt"] for r in failures] == [1, 2]  # the SDK's own retry is a second attempt
     assert all(r["status"] == "error" and r["http_status"] == 500 for r in failures)
+
+
+def test_per_request_timeout_reaches_the_upstream_call(engine, upstream):
+    client = oai(engine, upstream, max_retries=0)  # the client's own timeout is the SDK default
+    with pytest.raises(openai.APITimeoutError):
+        client.with_options(timeout=0.2).chat.completions.create(model="slow-1000", messages=MSG)
+    with pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(model="slow-1000", messages=MSG, timeout=0.2)

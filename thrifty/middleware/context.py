@@ -118,6 +118,7 @@ class CallContext:
     savings: dict[str, Saving] = field(default_factory=dict)
     decode_hooks: list[Any] = field(default_factory=list)
     upstream_headers: dict[str, str] = field(default_factory=dict)
+    upstream_timeout: dict[str, float | None] | None = None  # httpx-style timeouts the caller asked for
     # facts the ledger observer fills in, that the entry may read to answer (headers)
     upstream_ms: float = 0.0
     result: Any = None
@@ -141,4 +142,5 @@ class CallContext:
             route_decision=self.route_decision,
             savings=dict(self.savings),
             upstream_headers=self.upstream_headers,
+            upstream_timeout=self.upstream_timeout,
         )

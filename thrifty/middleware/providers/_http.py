@@ -88,6 +88,12 @@ class HTTPProvider(Provider):
             )
         return headers
 
+    def _timeout_for(self, ctx: CallContext) -> httpx2.Timeout:
+        asked = ctx.upstream_timeout
+        if asked and self._forward:
+            return httpx2.Timeout(**{k: asked.get(k) for k in ("connect", "read", "write", "pool")})
+        return self._timeout
+
     @property
     def client(self) -> httpx2.Client:
         if self._client is None:
@@ -105,7 +111,7 @@ class HTTPProvider(Provider):
     def send(self, request: Request, ctx: CallContext) -> Response | EventStream:
         http_request = self.client.build_request(
             "POST", self.url, content=dumps(self.encode(request)), headers=self._request_headers(ctx),
-            timeout=self._timeout,
+            timeout=self._timeout_for(ctx),
         )
         try:
             answer = self.client.send(http_request, stream=request.stream)
@@ -142,7 +148,7 @@ class HTTPProvider(Provider):
         client = self.async_client
         http_request = client.build_request(
             "POST", self.url, content=dumps(self.encode(request)), headers=self._request_headers(ctx),
-            timeout=self._timeout,
+            timeout=self._timeout_for(ctx),
         )
         try:
             answer = await client.send(http_request, stream=request.stream)

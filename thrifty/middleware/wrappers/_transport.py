@@ -73,6 +73,7 @@ class _Entry:
             model_requested=neutral.model,
             bound_provider=self.binding.provider,
             upstream_headers=forwardable_headers(headers),
+            upstream_timeout=request.extensions.get("timeout"),
         )
         return neutral, ctx
 
