@@ -25,7 +25,10 @@ reply = client.chat.completions.create(
 print("openai:", reply.choices[0].message.content.strip(), "|", reply.usage.total_tokens, "tokens")
 
 print("stream:", end=" ")
-for chunk in client.chat.completions.create(model="local/smollm2-135m", messages=question, max_tokens=16, stream=True):
+stream = client.chat.completions.create(
+    model="local/smollm2-135m", messages=question, max_tokens=16, temperature=0, stream=True
+)
+for chunk in stream:
     print(chunk.choices[0].delta.content or "", end="", flush=True)
 print()
 

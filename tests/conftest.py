@@ -16,6 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # the process default engine (used when a test wraps without an engine) writes here, not in $HOME
 _session_data = Path(tempfile.mkdtemp(prefix="thrifty-test-data-"))
 os.environ["THRIFTY_DATA_DIR"] = str(_session_data)
+# one converted copy of the embedded model, shared by every test (and across runs on one machine)
+os.environ.setdefault("THRIFTY_LOCAL__CACHE_DIR", os.environ.get("THRIFTY_TEST_MODEL_CACHE", "/tmp/thrifty-test-models"))
 
 PG_URL = os.environ.get("THRIFTY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

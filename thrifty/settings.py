@@ -96,7 +96,7 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
-        """Defaults, then the TOML ``config_file`` (or ``$THRIFTY_CONFIG``), then env, then overrides."""
+        """Defaults, then the TOML ``config_file`` (or ``$THRIFTY_CONFIG``), then env, then ``overrides``."""
         path = config_file or os.environ.get("THRIFTY_CONFIG")
         data: dict[str, Any] = {}
         if path:
@@ -105,11 +105,9 @@ class Settings(BaseSettings):
         providers.update(data.pop("providers", None) or {})
         providers.update(overrides.pop("providers", None) or {})
         data["providers"] = providers
-        data.update(overrides)
         try:
-            # init kwargs rank above env in pydantic-settings; invert so env wins over the file
-            env_only = cls._env_values()
-            merged = _deep_merge(data, env_only)
+            # file, then environment, then explicit overrides
+            merged = _deep_merge(_deep_merge(data, cls._env_values()), overrides)
             return cls(**merged)
         except ValidationError as exc:
             first = exc.errors()[0]
