@@ -76,9 +76,15 @@ def main() -> None:
             "anthropic messages": (a_call(a_direct), a_call(a_wrapped)),
         }
         times = measure(args.calls, args.warmup, pairs)
-        if engine.recorder is not None:
-            engine.recorder.flush(timeout=30)
+        engine.recorder.flush(timeout=60)
         engine.close()
+        import sqlalchemy as sa
+
+        db = sa.create_engine(settings.ledger_url)
+        with db.connect() as conn:
+            written = conn.execute(sa.text("SELECT count(*) FROM llm_calls")).scalar_one()
+        db.dispose()
+        expected = len(pairs) * (args.calls + args.warmup)
 
     rows = []
     for name, t in times.items():
@@ -93,9 +99,10 @@ def main() -> None:
     for r in rows:
         print(f"{r['case']:22} {r['calls']:>6} {r['direct_p50_ms']:>11.3f} {r['thrifty_p50_ms']:>12.3f} "
               f"{r['added_p50_ms']:>10.3f} {r['direct_p99_ms']:>11.3f} {r['thrifty_p99_ms']:>12.3f} {r['added_p99_ms']:>10.3f}")
+    print(f"ledger rows written: {written} of {expected} calls")
     RESULTS.mkdir(exist_ok=True)
     out = {"bench": "overhead", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
-           "machine": platform.machine(), "calls": args.calls, "warmup": args.warmup, "ledger": "sqlite", "rows": rows,
+           "machine": platform.machine(), "calls": args.calls, "warmup": args.warmup, "ledger": "sqlite", "ledger_rows": written, "ledger_rows_expected": expected, "rows": rows,
            "target": "added p50 < 0.5 ms"}
     (RESULTS / "overhead.json").write_text(json.dumps(out, indent=2) + "\n")
 

@@ -77,7 +77,7 @@ def test_unknown_local_model_is_not_found(engine, ledger_rows):
 def test_stream_closed_early_still_writes_its_row(engine, ledger_rows):
     client = thrifty.wrap(openai.OpenAI(api_key="unused"), engine=engine)
     stream = client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=200, stream=True)
-    for _ in zip(range(3), stream):
+    for _ in zip(range(3), stream, strict=False):
         pass
     stream.close()
     (row,) = ledger_rows(engine)

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from thrifty.errors import InvalidRequestError, ThriftyError, UpstreamError
-from thrifty.middleware.codecs._common import check, decode_error, non_negative_int, optional, require, sse
+from thrifty.middleware.codecs._common import check, decode_error, optional, require, sse
 from thrifty.types import (
     Choice,
     ChoiceEnd,

@@ -8,15 +8,14 @@ keeps them unchanged.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from thrifty.errors import InvalidRequestError, ThriftyError, UpstreamError
 from thrifty.middleware.codecs._common import check, decode_error, non_negative_int, optional, require, sse
 from thrifty.types import (
-    ChoiceEnd,
     Choice,
+    ChoiceEnd,
     ImagePart,
     Message,
     OpaquePart,
