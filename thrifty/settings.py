@@ -72,6 +72,52 @@ class LocalModelSettings(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
+class RetrySettings(BaseModel):
+    """When and how often an upstream attempt is tried again (each attempt its own ledger row)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int = Field(default=2, ge=1, description="attempts per model, the first included")
+    backoff_s: float = Field(default=0.5, ge=0)
+    max_backoff_s: float = Field(default=8.0, ge=0)
+    on_status: list[int] = Field(default_factory=lambda: [408, 409, 429, 500, 502, 503, 504])
+    on_timeout: bool = True
+
+
+class AliasConfig(BaseModel):
+    """A model alias (``default``, ``fast``, ``smart``...): a target model, its fallbacks and retries."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    fallbacks: list[str] = Field(default_factory=list)
+    retry: RetrySettings | None = None
+
+
+class KeyConfig(BaseModel):
+    """A virtual key declared in the config file (keys can also be made with ``thrifty keys create``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    key: SecretStr | None = Field(default=None, description="the key itself; or give key_sha256")
+    key_sha256: str | None = None
+    budget_usd: float | None = Field(default=None, gt=0)
+    budget_period: Literal["day", "week", "month", "total"] = "month"
+    rpm: int | None = Field(default=None, ge=1)
+    models: list[str] = Field(default_factory=lambda: ["*"])
+
+
+class ServerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8787, ge=0, le=65535)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    cors_origins: list[str] = Field(default_factory=list, description="CORS is off unless origins are listed")
+    admin_key: SecretStr | None = None
+
+
 def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("thrifty", appauthor=False))
 
@@ -89,6 +135,11 @@ class Settings(BaseSettings):
     )
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)
+    aliases: dict[str, AliasConfig] = Field(default_factory=dict)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    keys: list[KeyConfig] = Field(default_factory=list)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    redis_url: str | None = Field(default=None, description="shared budgets and rate limits across processes")
 
     @property
     def ledger_url(self) -> str:

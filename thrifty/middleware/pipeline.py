@@ -31,6 +31,7 @@ STAGE_ORDER: tuple[str, ...] = (
     "compression",  # budget depends on the target model
     "structured",  # structured-output preparation, validation and reask
     "retry",  # retries and fallbacks, each attempt its own context
+    "limits",  # budgets and rate limits, reserved per attempt against the attempt's model
     "ledger",  # innermost: one row per upstream attempt
 )
 
