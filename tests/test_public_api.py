@@ -7,7 +7,7 @@ import thrifty
 
 EXPECTED = {
     "AuthenticationError", "CallContext", "ConfigurationError", "Engine", "InvalidRequestError", "LedgerError",
-    "LocalModelError", "Pipeline", "ProviderConfig", "RateLimitError", "Settings", "Stage", "ThriftyError",
+    "LocalModelError", "PermissionDeniedError", "Pipeline", "ProviderConfig", "RateLimitError", "Settings", "Stage", "ThriftyError",
     "ThriftyOptions", "UnknownModelError", "UnknownOptionError", "UnknownProviderError", "UpstreamConnectionError",
     "UpstreamError", "UpstreamTimeoutError", "wrap",
 }

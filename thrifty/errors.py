@@ -6,7 +6,8 @@
     │   ├── UnknownOptionError     an unknown key in the thrifty options
     │   ├── UnknownModelError      no provider serves that model name (HTTP 404)
     │   └── UnknownProviderError   the ``provider/`` prefix names no provider (HTTP 404)
-    ├── AuthenticationError        a provider needs an API key that is not configured (HTTP 401)
+    ├── AuthenticationError        a missing or unknown key, or a provider key not configured (HTTP 401)
+    ├── PermissionDeniedError      the key may not use that model or endpoint (HTTP 403)
     ├── RateLimitError             a thrifty rate limit or budget was hit (HTTP 429)
     ├── UpstreamError              the upstream provider answered with an error (its HTTP status)
     │   ├── UpstreamTimeoutError   the upstream did not answer in time
@@ -66,6 +67,12 @@ class AuthenticationError(ThriftyError):
     status_code = 401
     openai_type = "authentication_error"
     anthropic_type = "authentication_error"
+
+
+class PermissionDeniedError(ThriftyError):
+    status_code = 403
+    openai_type = "permission_error"
+    anthropic_type = "permission_error"
 
 
 class RateLimitError(ThriftyError):

@@ -114,6 +114,7 @@ class CallContext:
     model_requested: str = ""
     target: Target | None = None
     bound_provider: Provider | None = None  # a wrapped client's own provider, for bare model names
+    virtual_key: Any = None  # the proxy's authenticated virtual key (thrifty.middleware.limits.VirtualKey)
     route_decision: str | None = None
     savings: dict[str, Saving] = field(default_factory=dict)
     decode_hooks: list[Any] = field(default_factory=list)
@@ -139,6 +140,7 @@ class CallContext:
             model_requested=self.model_requested,
             target=self.target,
             bound_provider=self.bound_provider,
+            virtual_key=self.virtual_key,
             route_decision=self.route_decision,
             savings=dict(self.savings),
             upstream_headers=self.upstream_headers,
