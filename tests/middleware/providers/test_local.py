@@ -441,6 +441,7 @@ def test_closing_a_stream_stops_generation(provider, loaded):
     stream = provider.send(ask(STORY, max_tokens=500, stream=True), new_ctx())
     events = iter(stream)
     assert isinstance(next(events), StreamStart)
+    assert isinstance(next(events), UsageEvent)  # the prompt's count comes first
     assert isinstance(next(events), TextDelta)
     assert loaded.lock.locked()
     started = time.perf_counter()
@@ -459,7 +460,7 @@ def test_deadline_ends_generation(provider, loaded):
     ctx.deadline = time.monotonic() + 1.0
     events = list(provider.send(ask(STORY, max_tokens=500, stream=True), ctx))
     assert isinstance(events[-1], StreamError) and isinstance(events[-1].error, UpstreamTimeoutError)
-    usage = next(e for e in events if isinstance(e, UsageEvent)).usage  # what was spent is reported
+    usage = [e for e in events if isinstance(e, UsageEvent)][-1].usage  # what was spent is reported
     assert usage.output_tokens < 500
     assert not loaded.lock.locked()
 
@@ -504,6 +505,7 @@ async def test_closing_an_async_stream_stops_generation(provider, loaded):
     stream = await provider.asend(ask(STORY, max_tokens=500, stream=True), new_ctx())
     events = stream.__aiter__()
     assert isinstance(await events.__anext__(), StreamStart)
+    assert isinstance(await events.__anext__(), UsageEvent)
     assert isinstance(await events.__anext__(), TextDelta)
     started = time.perf_counter()
     await events.aclose()
