@@ -39,11 +39,18 @@ def wrap(client: anthropic.AsyncAnthropic, *, engine: Engine | None = None) -> a
 def wrap(client: Any, *, engine: Engine | None = None) -> Any:
     """A copy of ``client`` whose chat calls run through thrifty (``engine``: the process default).
 
+    ``client`` is an openai or anthropic SDK client (sync or async), or a LangChain
+    ``ChatOpenAI`` / ``ChatAnthropic`` chat model.
+
     Model names: ``provider/model`` picks a configured provider (``local/smollm2-135m``,
     ``anthropic/claude-sonnet-4-5``); a bare name, or a prefix naming the client's own
     provider, goes to the wrapped client's own API with its own key and base URL.
     Per-call options go in ``extra_body={"thrifty": {...}}``.
     """
+    from thrifty.middleware.wrappers.langchain import is_langchain_model, wrap_langchain
+
+    if is_langchain_model(client):
+        return wrap_langchain(client, engine if engine is not None else default_engine(), wrap)
     kind, is_async = _client_kind(client)
     engine = engine if engine is not None else default_engine()
     if kind == "openai":
@@ -75,7 +82,7 @@ def _client_kind(client: Any) -> tuple[str, bool]:
             return "anthropic", True
     raise TypeError(
         f"thrifty.wrap() takes an openai.OpenAI, openai.AsyncOpenAI, anthropic.Anthropic or "
-        f"anthropic.AsyncAnthropic client, not {type(client).__module__}.{type(client).__qualname__}"
+        f"anthropic.AsyncAnthropic client, or a LangChain ChatOpenAI/ChatAnthropic, not {type(client).__module__}.{type(client).__qualname__}"
     )
 
 
