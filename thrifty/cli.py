@@ -16,6 +16,24 @@ def main() -> None:
     """thrifty: cheaper, more reliable LLM calls, with every token accounted for."""
 
 
+@main.command()
+@click.option("--host", default=None, help="Address to listen on (default: server.host, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default: server.port, 8787).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="TOML config file (default: $THRIFTY_CONFIG); THRIFTY_* variables override it.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes (each with its own engine; they share the ledger).")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True)
+@click.option("--access-log/--no-access-log", default=False, show_default=True, help="Log every request line.")
+def serve(host: str | None, port: int | None, config_file: str | None, workers: int, log_level: str,
+          access_log: bool) -> None:
+    """Run the OpenAI- and Anthropic-compatible proxy (Ctrl-C stops it; the ledger is flushed first)."""
+    from thrifty.middleware.server._run import run
+
+    run(host=host, port=port, config_file=config_file, workers=workers, log_level=log_level, access_log=access_log)
+
+
 _REPORT_GROUPS = ("day", "hour", "week", "model", "provider", "project", "user", "key", "tag", "status")
 
 
@@ -187,3 +205,8 @@ def _report_table(result: SpendReport, where: str) -> str:
     if result.total.estimated_calls:
         lines.append(f"{result.total.estimated_calls:,} call(s) have estimated usage")
     return "\n".join(lines)
+
+
+from thrifty._cli_keys import keys as _keys  # noqa: E402 - registered once main exists
+
+main.add_command(_keys)

@@ -24,6 +24,7 @@ its own exception type (``openai.NotFoundError`` for an unknown model, say).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -76,9 +77,22 @@ class PermissionDeniedError(ThriftyError):
 
 
 class RateLimitError(ThriftyError):
+    """``retry_after`` is how many seconds to wait before trying again, when known (``Retry-After``)."""
+
     status_code = 429
     openai_type = "rate_limit_error"
     anthropic_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The ``Retry-After`` header to answer with (whole seconds, rounded up), if any."""
+        if self.retry_after is None:
+            return {}
+        return {"retry-after": str(max(1, math.ceil(self.retry_after)))}
 
 
 class UpstreamError(ThriftyError):

@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from thrifty.errors import ConfigurationError
-
-ProviderKind = Literal["openai", "anthropic", "openai-compatible", "local"]
 
 
 class ProviderConfig(BaseModel):
@@ -26,7 +24,7 @@ class ProviderConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: ProviderKind
+    kind: str = Field(description="a registered provider kind: openai, anthropic, openai-compatible, local, ...")
     base_url: str | None = None
     api_key: SecretStr | None = None
     api_key_env: str | None = Field(default=None, description="environment variable holding the key")
@@ -35,6 +33,21 @@ class ProviderConfig(BaseModel):
     pricing_id: str | None = Field(
         default=None, description="genai-prices provider id used to price this provider's models"
     )
+    default_model: str | None = Field(
+        default=None,
+        description="what the model name ``default`` means when no alias named ``default`` is configured "
+        "and this is the default provider; the provider kind's own default if unset (local: smollm2-135m)",
+    )
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        from thrifty.middleware.providers.base import provider_kinds
+
+        known = provider_kinds()
+        if kind not in known:
+            raise ValueError(f"unknown provider kind {kind!r}; registered kinds: {', '.join(sorted(known))}")
+        return kind
 
     def resolved_api_key(self) -> str | None:
         if self.api_key is not None:
@@ -80,7 +93,7 @@ class RetrySettings(BaseModel):
     max_attempts: int = Field(default=2, ge=1, description="attempts per model, the first included")
     backoff_s: float = Field(default=0.5, ge=0)
     max_backoff_s: float = Field(default=8.0, ge=0)
-    on_status: list[int] = Field(default_factory=lambda: [408, 409, 429, 500, 502, 503, 504])
+    on_status: list[int] = Field(default_factory=lambda: [408, 409, 429, 500, 502, 503, 504, 529])
     on_timeout: bool = True
 
 

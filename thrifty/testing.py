@@ -7,9 +7,12 @@ the failures a real provider cannot produce on demand, chosen by model name:
 
 - ``fail-<status>``: an error answer with that HTTP status, in the wire's error shape;
 - ``slow-<ms>``: answer after that many milliseconds;
-- ``cut-stream``: a stream that breaks off after two events.
+- ``cut-stream``: a stream that breaks off after two events;
+- ``drip-<ms>``: a stream with that many milliseconds between its events (a slow model).
 
 It records each request body it received in :attr:`CannedUpstream.requests`.
+
+:class:`ServerThread` runs an ASGI app (the proxy) with uvicorn on loopback, in a thread.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    def _stream(self, events: list[bytes], cut: bool) -> None:
+    def _stream(self, events: list[bytes], cut: bool, drip_s: float = 0.0) -> None:
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("connection", "close")
@@ -93,6 +96,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
+            if drip_s and i:
+                self.wfile.flush()
+                time.sleep(drip_s)
             self.wfile.write(event)
         self.wfile.flush()
         self.close_connection = True
@@ -116,7 +122,7 @@ class _Handler(BaseHTTPRequestHandler):
         if (body.get("stream_options") or {}).get("include_usage"):
             events.append(_data({**chunk, "choices": [], "usage": usage}))
         events.append(b"data: [DONE]\n\n")
-        self._stream(events, model == "cut-stream")
+        self._stream(events, model == "cut-stream", _drip(model))
 
     def _anthropic(self, body: dict[str, Any], model: str, prompt: int, words: list[str]) -> None:
         usage = {"input_tokens": prompt, "output_tokens": len(words), "cache_creation_input_tokens": 0,
@@ -140,7 +146,11 @@ class _Handler(BaseHTTPRequestHandler):
                                                                                "stop_sequence": None},
                                             "usage": {"output_tokens": len(words)}}),
                    _event("message_stop", {"type": "message_stop"})]
-        self._stream(events, model == "cut-stream")
+        self._stream(events, model == "cut-stream", _drip(model))
+
+
+def _drip(model: str) -> float:
+    return int(model.split("-", 1)[1]) / 1000 if model.startswith("drip-") else 0.0
 
 
 def _data(obj: Any) -> bytes:
@@ -153,6 +163,7 @@ def _event(name: str, obj: Any) -> bytes:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 512  # the listen backlog: concurrency tests open hundreds of connections at once
     owner: CannedUpstream
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -193,6 +204,59 @@ class CannedUpstream:
         self._server.server_close()
 
     def __enter__(self) -> CannedUpstream:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ServerThread:
+    """Runs an ASGI app (the proxy) with uvicorn on 127.0.0.1 in a thread: ``with ServerThread(app) as s:``.
+
+    ``s.url`` is the server's root URL; ``port=0`` takes a free port. The
+    app's lifespan runs: stopping the server shuts the app down (the proxy
+    then flushes its ledger).
+    """
+
+    def __init__(self, app: Any, port: int = 0, **config: Any) -> None:
+        import socket
+
+        import uvicorn
+
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(("127.0.0.1", port))
+        config.setdefault("log_level", "warning")
+        config.setdefault("timeout_graceful_shutdown", 5)
+        self.server = uvicorn.Server(uvicorn.Config(app, lifespan="on", **config))
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._socket]},
+                                        name="thrifty-test-server", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._socket.getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> ServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("the server thread exited during start-up; see the log above")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start within {timeout:.0f}s")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout)
+        self._socket.close()
+
+    def __enter__(self) -> ServerThread:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

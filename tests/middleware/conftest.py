@@ -42,3 +42,7 @@ def _ledger_rows(engine: Engine) -> list[dict]:
         return [dict(r) for r in rows]
     finally:
         db.dispose()
+
+
+# virtual keys: backends (SQLite, PostgreSQL, Redis) for the limits tests, also at the proxy level
+from tests.middleware.limits_support import limits_env, limits_pg_url, limits_redis_url  # noqa: E402,F401

@@ -187,6 +187,33 @@ def test_stream_encode_then_decode_is_lossless(codec):
     assert (usage.input_tokens, usage.output_tokens) == (12, 9)
 
 
+def _chunks(raw: bytes) -> list[dict]:
+    return [json.loads(data) for _, data in iter_sse(raw.decode().split("\n")) if data != "[DONE]"]
+
+
+def test_a_streams_closing_facts_go_in_its_last_chunk():
+    facts = {"request_id": "r1", "cost_usd": "0.01"}
+    events = [StreamStart(id="x", model="m"), TextDelta("a"), TextDelta("b", index=1), ChoiceEnd("stop"),
+              ChoiceEnd("length", index=1), UsageEvent(Usage(3, 2))]
+    # no usage asked for: the last finish_reason chunk is held back and carries them, no chunk is added
+    encoder = oc.StreamEncoder(False, facts=True)
+    plain = b"".join(encoder.encode(e) for e in events)
+    chunks = _chunks(plain + encoder.finish(facts))
+    assert [c["choices"][0].get("finish_reason") for c in chunks] == [None, None, "stop", "length"]
+    assert [("thrifty" in c) for c in chunks] == [False, False, False, True] and chunks[-1]["thrifty"] == facts
+    # usage asked for: they go in the usage chunk
+    encoder = oc.StreamEncoder(True, facts=True)
+    chunks = _chunks(b"".join(encoder.encode(e) for e in events) + encoder.finish(facts))
+    assert chunks[-1]["usage"]["completion_tokens"] == 2 and chunks[-1]["thrifty"] == facts
+    # without facts the stream is as before
+    encoder = oc.StreamEncoder(False)
+    assert all("thrifty" not in c for c in _chunks(b"".join(encoder.encode(e) for e in events) + encoder.finish()))
+    encoder = ac.StreamEncoder()
+    chunks = _chunks(b"".join(encoder.encode(e) for e in events) + encoder.finish(facts))
+    delta = next(c for c in chunks if c["type"] == "message_delta")
+    assert delta["thrifty"] == facts and delta["usage"]["output_tokens"] == 2
+
+
 def test_stream_errors_are_inside_the_stream():
     error = UpstreamError("boom", status_code=502)
     assert b'"error"' in oc.StreamEncoder(False).encode(StreamError(error))

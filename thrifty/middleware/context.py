@@ -19,6 +19,7 @@ from thrifty.errors import InvalidRequestError, UnknownOptionError
 
 if TYPE_CHECKING:
     from thrifty.middleware.providers.base import Provider
+    from thrifty.settings import RetrySettings
 
 Entry = Literal["wrapper", "proxy"]
 
@@ -116,6 +117,9 @@ class CallContext:
     bound_provider: Provider | None = None  # a wrapped client's own provider, for bare model names
     virtual_key: Any = None  # the proxy's authenticated virtual key (thrifty.middleware.limits.VirtualKey)
     route_decision: str | None = None
+    # set by routing (an alias): models to try after the target fails, and the route's own retry settings
+    fallbacks: tuple[str, ...] = ()
+    retry: RetrySettings | None = None
     savings: dict[str, Saving] = field(default_factory=dict)
     decode_hooks: list[Any] = field(default_factory=list)
     upstream_headers: dict[str, str] = field(default_factory=dict)
@@ -142,6 +146,8 @@ class CallContext:
             bound_provider=self.bound_provider,
             virtual_key=self.virtual_key,
             route_decision=self.route_decision,
+            fallbacks=self.fallbacks,
+            retry=self.retry,
             savings=dict(self.savings),
             upstream_headers=self.upstream_headers,
             upstream_timeout=self.upstream_timeout,

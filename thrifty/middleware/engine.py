@@ -13,8 +13,10 @@ from typing import Any
 
 from thrifty.errors import UnknownModelError, UnknownProviderError
 from thrifty.middleware.context import CallContext, Target
-from thrifty.middleware.pipeline import Pipeline, Stage
+from thrifty.middleware.pipeline import STAGE_ORDER, Pipeline, Stage
 from thrifty.middleware.providers.base import Provider, build_provider
+from thrifty.middleware.retry import RetryStage
+from thrifty.routing.base import Router, build_routers
 from thrifty.settings import Settings
 from thrifty.types import AsyncEventStream, EventStream, Request, Response
 
@@ -36,12 +38,14 @@ def _target(ctx: CallContext) -> Target:
 
 
 class ModelResolver(Stage):
-    """Resolves ``provider/model`` names to a provider; the first routing step.
+    """Picks the target of a call; the first routing step.
 
-    A name whose prefix is a configured provider goes there; any other name goes
-    to the wrapped client's own provider when there is one (so
-    ``meta-llama/Llama-3`` reaches an OpenAI-compatible client unchanged), else
-    to the default provider.
+    First the engine's routers (:mod:`thrifty.routing`; the built-in one maps
+    model aliases such as ``default`` and ``fast``) are asked in order; the
+    first that routes the request sets the model name, ``ctx.route_decision``,
+    ``ctx.fallbacks`` and ``ctx.retry``. Then the name (the routed one, else the
+    requested one) is resolved by :meth:`Engine.resolve`. The requested name
+    stays in ``ctx.model_requested``.
     """
 
     kind = "routing"
@@ -51,16 +55,35 @@ class ModelResolver(Stage):
 
     def prepare(self, request: Request, ctx: CallContext) -> Request:
         if ctx.target is None:
-            ctx.target = self._engine.resolve(request.model, ctx.bound_provider)
             if not ctx.model_requested:
                 ctx.model_requested = request.model
+            name = request.model
+            for router in self._engine.routers:
+                route = router.route(request, ctx)
+                if route is not None:
+                    name = route.model
+                    ctx.route_decision = route.decision
+                    ctx.fallbacks = route.fallbacks
+                    ctx.retry = route.retry
+                    break
+            ctx.target = self._engine.resolve(name, ctx.bound_provider)
         if request.model != ctx.target.model:
             request = request.replace(model=ctx.target.model)
         return request
 
 
 class Engine:
-    """Settings, providers, the frozen pipeline and the ledger recorder, built once."""
+    """Settings, providers, routers, the frozen pipeline and the ledger recorder, built once.
+
+    The chain is the routing step (:class:`ModelResolver`), then ``stages``,
+    then a :class:`~thrifty.middleware.retry.RetryStage` in its place by
+    :data:`~thrifty.middleware.pipeline.STAGE_ORDER` (unless ``stages`` has a
+    ``retry`` stage), then the ledger observer. ``retry``: ``None`` retries
+    proxied calls by ``[retry]`` and wrapped clients' calls only as their alias
+    says (the SDKs retry on their own); ``True`` retries wrapped calls too;
+    ``False`` leaves the retry stage out. ``price_inline``: price each ledger
+    record on the request path, for an entry that answers with the cost (the proxy).
+    """
 
     def __init__(
         self,
@@ -69,6 +92,8 @@ class Engine:
         stages: Sequence[Stage] = (),
         recorder: Any = None,
         ledger: bool | None = None,
+        retry: bool | None = None,
+        price_inline: bool = False,
     ) -> None:
         self.settings = settings if settings is not None else Settings.load()
         self._providers: dict[str, Provider] = {}
@@ -76,15 +101,18 @@ class Engine:
         use_ledger = self.settings.ledger.enabled if ledger is None else ledger
         self.recorder = recorder
         self.observer = None
+        self.routers: tuple[Router, ...] = build_routers(self)
         chain: list[Stage] = [ModelResolver(self), *stages]
+        if retry is not False and not any(stage.kind == "retry" for stage in stages):
+            _insert_in_order(chain, RetryStage(self.settings.retry, self.resolve, retry_wrapped=bool(retry)))
         if use_ledger:
             from thrifty.ledger.observer import LedgerObserver
             from thrifty.ledger.recorder import Recorder
 
             if self.recorder is None:
-                self.recorder = Recorder(self.settings.ledger_url, self.settings.ledger)
+                self.recorder = Recorder.from_settings(self.settings)
                 self.recorder.start()
-            self.observer = LedgerObserver(self.recorder)
+            self.observer = LedgerObserver(self.recorder, price_inline=price_inline)
             chain.append(self.observer)
         self.pipeline = Pipeline(chain, Dispatch())
 
@@ -148,6 +176,24 @@ class Engine:
             provider.close()
         if self.recorder is not None:
             self.recorder.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close` from an event loop: the providers' async clients closed in it, the rest off it."""
+        import asyncio
+
+        for provider in list(self._providers.values()):
+            await provider.aclose()
+        await asyncio.to_thread(self.close)  # closing a provider twice is harmless
+
+
+def _insert_in_order(chain: list[Stage], stage: Stage) -> None:
+    """Put ``stage`` before the first stage that runs after it by STAGE_ORDER."""
+    rank = STAGE_ORDER.index(stage.kind)
+    for i, other in enumerate(chain):
+        if other.kind in STAGE_ORDER and STAGE_ORDER.index(other.kind) > rank:
+            chain.insert(i, stage)
+            return
+    chain.append(stage)
 
 
 _default: Engine | None = None

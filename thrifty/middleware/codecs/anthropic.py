@@ -489,12 +489,16 @@ class StreamEncoder:
             return self._start() + sse(body, "error")
         return b""
 
-    def finish(self) -> bytes:
+    def finish(self, thrifty: dict[str, Any] | None = None) -> bytes:
+        """The closing events; ``thrifty`` (facts about the call) goes in the final ``message_delta``."""
         out = self._start() + self._close_block()
-        out += sse({"type": "message_delta",
-                    "delta": {"stop_reason": _stop_out(self._stop or "stop", self._stop_seq),
-                              "stop_sequence": self._stop_seq},
-                    "usage": encode_usage(self._usage)}, "message_delta")
+        delta: dict[str, Any] = {"type": "message_delta",
+                                 "delta": {"stop_reason": _stop_out(self._stop or "stop", self._stop_seq),
+                                           "stop_sequence": self._stop_seq},
+                                 "usage": encode_usage(self._usage)}
+        if thrifty is not None:
+            delta["thrifty"] = thrifty
+        out += sse(delta, "message_delta")
         return out + sse({"type": "message_stop"}, "message_stop")
 
 

@@ -469,18 +469,35 @@ class StreamDecoder:
 
 
 class StreamEncoder:
-    """Turns neutral stream events into OpenAI ``chat.completion.chunk`` server-sent events."""
+    """Turns neutral stream events into OpenAI ``chat.completion.chunk`` server-sent events.
 
-    __slots__ = ("_include_usage", "_head", "_roles_sent", "_usage")
+    ``facts``: the stream will end with a ``thrifty`` object (:meth:`finish`'s
+    argument). It goes in the final usage chunk when the client asked for one;
+    otherwise the last ``finish_reason`` chunk is held back until :meth:`finish`
+    and carries it, so that no extra chunk appears in the stream.
+    """
 
-    def __init__(self, include_usage: bool) -> None:
+    __slots__ = ("_include_usage", "_head", "_roles_sent", "_usage", "_hold", "_held")
+
+    def __init__(self, include_usage: bool, *, facts: bool = False) -> None:
         self._include_usage = include_usage
         self._head: dict[str, Any] = {}
         self._roles_sent: set[int] = set()
         self._usage: Usage | None = None
+        self._hold = facts and not include_usage
+        self._held: dict[str, Any] | None = None  # a finish_reason choice not sent yet
 
     def _chunk(self, choices: list[dict[str, Any]]) -> bytes:
-        return sse({**self._head, "choices": choices})
+        return self._release() + sse({**self._head, "choices": choices})
+
+    def _release(self, thrifty: dict[str, Any] | None = None) -> bytes:
+        held, self._held = self._held, None
+        if held is None:
+            return b""
+        chunk = {**self._head, "choices": [held]}
+        if thrifty is not None:
+            chunk["thrifty"] = thrifty
+        return sse(chunk)
 
     def _delta(self, index: int, delta: dict[str, Any], logprobs: Any = None) -> bytes:
         if index not in self._roles_sent:
@@ -502,8 +519,13 @@ class StreamEncoder:
             return self._delta(event.index, {"tool_calls": [call]})
         if isinstance(event, ChoiceEnd):
             out = b"" if event.index in self._roles_sent else self._delta(event.index, {"content": ""})
-            return out + self._chunk([{"index": event.index, "delta": {}, "logprobs": None,
-                                       "finish_reason": _finish_out(event.finish_reason)}])
+            end = {"index": event.index, "delta": {}, "logprobs": None,
+                   "finish_reason": _finish_out(event.finish_reason)}
+            if self._hold:
+                out += self._release()
+                self._held = end
+                return out
+            return out + self._chunk([end])
         if isinstance(event, StreamStart):
             self._head = {"id": event.id, "object": "chat.completion.chunk",
                           "created": event.created or int(time.time()), "model": event.model}
@@ -514,14 +536,22 @@ class StreamEncoder:
             self._usage = event.usage
             return b""
         if isinstance(event, StreamError):
-            return sse({"error": error_body(event.error)["error"]})
+            return self._release() + sse({"error": error_body(event.error)["error"]})
         return b""
 
-    def finish(self) -> bytes:
-        """The closing chunks: the usage chunk if the client asked for it, then ``[DONE]``."""
-        out = b""
+    def finish(self, thrifty: dict[str, Any] | None = None) -> bytes:
+        """The closing chunks: the usage chunk if the client asked for it, then ``[DONE]``.
+
+        ``thrifty``: facts about the call (request id, cost...) for the final chunk.
+        """
         if self._include_usage and self._usage is not None:
-            out = sse({**self._head, "choices": [], "usage": encode_usage(self._usage)})
+            out = self._release()
+            chunk = {**self._head, "choices": [], "usage": encode_usage(self._usage)}
+            if thrifty is not None:
+                chunk["thrifty"] = thrifty
+            out += sse(chunk)
+        else:
+            out = self._release(thrifty)
         return out + b"data: [DONE]\n\n"
 
 

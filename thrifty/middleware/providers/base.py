@@ -31,6 +31,8 @@ class Provider(abc.ABC):
     wire: ClassVar[Wire | None] = None
     #: True for models that run in this process (priced at 0, explicitly)
     is_local: ClassVar[bool] = False
+    #: the model the name ``default`` means when this is the default provider (None: none)
+    default_model: ClassVar[str | None] = None
 
     def __init__(self, name: str, *, pricing_id: str | None = None) -> None:
         self.name = name

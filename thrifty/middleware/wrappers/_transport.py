@@ -10,8 +10,6 @@ included) and maps to its own exceptions. Requests to other endpoints
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -19,14 +17,21 @@ from typing import Any
 
 import httpx2
 
-from thrifty.errors import InvalidRequestError, ThriftyError, UpstreamConnectionError, UpstreamTimeoutError
+from thrifty.errors import ThriftyError, UpstreamConnectionError, UpstreamTimeoutError
 from thrifty.middleware.context import CallContext, ThriftyOptions
 from thrifty.middleware.engine import Engine
+from thrifty.middleware.entry import (
+    JSON_HEADERS,
+    SSE_HEADERS,
+    asse_chunks,
+    decode_call,
+    key_hash,
+    new_context,
+    sse_chunks,
+    wire,
+)
 from thrifty.middleware.providers._http import HTTPProvider, forwardable_headers
-from thrifty.types import AsyncEventStream, EventStream, Response, StreamError
-
-_JSON = [("content-type", "application/json")]
-_SSE = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
+from thrifty.types import AsyncEventStream, EventStream, Request, Response
 
 
 @dataclass(slots=True)
@@ -41,36 +46,32 @@ class Binding:
 
 
 class _Entry:
-    """Decoding, context and encoding shared by the sync and async transports."""
+    """The wrapper's way in and out: an SDK's httpx2 request in, an httpx2 response out.
+
+    Everything else (decoding, the context, encoding, stream framing) is
+    :mod:`thrifty.middleware.entry`, shared with the proxy.
+    """
 
     def __init__(self, engine: Engine, binding: Binding) -> None:
         self.engine = engine
         self.binding = binding
+        self.wire = wire(binding.wire)
         self._key_ids: dict[str, str] = {}
 
     def intercepts(self, request: httpx2.Request) -> bool:
         return request.method == "POST" and request.url.path.endswith(self.binding.endpoint)
 
-    def begin(self, request: httpx2.Request) -> tuple[Any, CallContext]:
-        codec = self.binding.codec
-        try:
-            body = json.loads(request.content)
-        except ValueError:
-            raise InvalidRequestError("the request body is not valid JSON") from None
-        neutral, raw_options = codec.decode_request(body)
-        options = ThriftyOptions.parse(raw_options)
+    def begin(self, request: httpx2.Request) -> tuple[Request, CallContext]:
+        neutral, raw_options = decode_call(self.wire, request.content)
         headers = request.headers
         retries = headers.get("x-stainless-retry-count")
-        ctx = CallContext(
-            entry="wrapper",
-            wire=self.binding.wire,  # type: ignore[arg-type]
-            options=options,
+        ctx = new_context(
+            "wrapper",
+            self.wire,
+            neutral,
+            ThriftyOptions.parse(raw_options),
             attempt=int(retries) + 1 if retries and retries.isdigit() else 1,
             key_id=self._key_id(headers),
-            user=options.user or neutral.user,
-            project=options.project,
-            tags=options.tags,
-            model_requested=neutral.model,
             bound_provider=self.binding.provider,
             upstream_headers=forwardable_headers(headers),
             upstream_timeout=request.extensions.get("timeout"),
@@ -83,7 +84,7 @@ class _Entry:
             return None
         key_id = self._key_ids.get(secret)
         if key_id is None:
-            key_id = hashlib.sha256(secret.removeprefix("Bearer ").encode()).hexdigest()[:16]
+            key_id = key_hash(secret)
             if len(self._key_ids) < 64:
                 self._key_ids[secret] = key_id
         return key_id
@@ -92,8 +93,12 @@ class _Entry:
         return [*base, ("x-thrifty-request-id", ctx.call_id)]
 
     def answer(self, result: Response, ctx: CallContext) -> httpx2.Response:
-        content = json.dumps(self.binding.codec.encode_response(result), ensure_ascii=False).encode()
-        return httpx2.Response(200, headers=self.headers(ctx, _JSON), content=content)
+        return httpx2.Response(200, headers=self.headers(ctx, JSON_HEADERS), content=self.wire.encode_response(result))
+
+    def stream(self, result: EventStream | AsyncEventStream, neutral: Request, ctx: CallContext) -> httpx2.Response:
+        encoder = self.wire.stream_encoder(neutral)
+        body = _AsyncSSEBody(result, encoder) if isinstance(result, AsyncEventStream) else _SSEBody(result, encoder)
+        return httpx2.Response(200, headers=self.headers(ctx, SSE_HEADERS), stream=body)
 
     def error(self, exc: Exception, ctx: CallContext | None) -> httpx2.Response:
         if isinstance(exc, UpstreamTimeoutError):
@@ -102,12 +107,11 @@ class _Entry:
             raise httpx2.ConnectError(exc.message) from exc
         if not isinstance(exc, ThriftyError):
             raise exc
-        headers = list(_JSON)
+        headers = list(JSON_HEADERS)
         if ctx is not None:
             headers.append(("x-thrifty-request-id", ctx.call_id))
         headers.extend(getattr(exc, "headers", {}).items())
-        content = json.dumps(self.binding.codec.error_body(exc)).encode()
-        return httpx2.Response(exc.status_code, headers=headers, content=content)
+        return httpx2.Response(exc.status_code, headers=headers, content=self.wire.error_content(exc))
 
 
 class _SSEBody(httpx2.SyncByteStream):
@@ -116,18 +120,7 @@ class _SSEBody(httpx2.SyncByteStream):
         self._encoder = encoder
 
     def __iter__(self) -> Iterator[bytes]:
-        encoder = self._encoder
-        try:
-            for event in self._events:
-                chunk = encoder.encode(event)
-                if chunk:
-                    yield chunk
-                if isinstance(event, StreamError):
-                    return
-        except Exception as exc:  # a failure after the stream started goes inside it
-            yield encoder.encode(StreamError(exc))
-            return
-        yield encoder.finish()
+        return sse_chunks(self._events, self._encoder)
 
     def close(self) -> None:
         self._events.close()
@@ -138,27 +131,11 @@ class _AsyncSSEBody(httpx2.AsyncByteStream):
         self._events = events
         self._encoder = encoder
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        encoder = self._encoder
-        try:
-            async for event in self._events:
-                chunk = encoder.encode(event)
-                if chunk:
-                    yield chunk
-                if isinstance(event, StreamError):
-                    return
-        except Exception as exc:
-            yield encoder.encode(StreamError(exc))
-            return
-        yield encoder.finish()
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return asse_chunks(self._events, self._encoder)
 
     async def aclose(self) -> None:
         await self._events.aclose()
-
-
-def _encoder(entry: _Entry, neutral: Any) -> Any:
-    codec = entry.binding.codec
-    return codec.StreamEncoder(neutral.stream_usage) if entry.binding.wire == "openai" else codec.StreamEncoder()
 
 
 class WrapperTransport(httpx2.BaseTransport):
@@ -177,7 +154,7 @@ class WrapperTransport(httpx2.BaseTransport):
         except Exception as exc:
             return entry.error(exc, ctx)
         if isinstance(result, EventStream):
-            return httpx2.Response(200, headers=entry.headers(ctx, _SSE), stream=_SSEBody(result, _encoder(entry, neutral)))
+            return entry.stream(result, neutral, ctx)
         return entry.answer(result, ctx)
 
     def close(self) -> None:
@@ -200,8 +177,7 @@ class AsyncWrapperTransport(httpx2.AsyncBaseTransport):
         except Exception as exc:
             return entry.error(exc, ctx)
         if isinstance(result, AsyncEventStream):
-            return httpx2.Response(200, headers=entry.headers(ctx, _SSE),
-                                   stream=_AsyncSSEBody(result, _encoder(entry, neutral)))
+            return entry.stream(result, neutral, ctx)
         return entry.answer(result, ctx)
 
     async def aclose(self) -> None:

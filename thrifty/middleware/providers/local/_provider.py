@@ -83,6 +83,7 @@ class LocalProvider(Provider):
     kind = "local"
     wire = None
     is_local = True
+    default_model = "smollm2-135m"
 
     def __init__(
         self,
