@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.thrifty-installed
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup serve test test-fast bench clean
+.PHONY: setup serve test test-fast bench clean dashboard-assets
 
 setup: $(STAMP)
 
@@ -30,6 +30,12 @@ test-fast: setup
 
 bench: setup
 	$(PY) bench/overhead.py
+
+# the dashboard's chart library (uPlot, pinned in dashboard-ui/package-lock.json),
+# copied into the package's static files; the result is committed, so only this
+# target needs npm
+dashboard-assets:
+	cd dashboard-ui && npm ci --no-audit --no-fund && npm run build
 
 clean:
 	rm -rf $(VENV) .pytest_cache

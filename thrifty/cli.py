@@ -207,6 +207,39 @@ def _report_table(result: SpendReport, where: str) -> str:
     return "\n".join(lines)
 
 
+@main.command()
+@click.option("--db", "db_url", metavar="URL", help="Ledger database URL (default: the configured ledger).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8788, show_default=True, help="Port.")
+@click.option("--admin-key", envvar="THRIFTY_SERVER__ADMIN_KEY", default=None,
+              help="Require this key as a bearer token (default: $THRIFTY_SERVER__ADMIN_KEY; without one, "
+                   "only loopback clients are answered).")
+def dashboard(db_url: str | None, host: str, port: int, admin_key: str | None) -> None:
+    """Serve the dashboard and its JSON API over a ledger, without a proxy."""
+    from thrifty.errors import ThriftyError
+
+    if db_url is None:
+        from thrifty.settings import Settings
+
+        try:
+            db_url = Settings.load().ledger_url
+        except ThriftyError as exc:
+            raise click.ClickException(str(exc)) from None
+    try:
+        import uvicorn
+    except ImportError:
+        raise click.ClickException("thrifty dashboard needs uvicorn: pip install 'thrifty[server]'") from None
+    from thrifty.dashboard.app import create_app
+    from thrifty.ledger.db import redacted
+
+    try:
+        app = create_app(db_url, admin_key=admin_key)
+    except ThriftyError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"thrifty dashboard over {redacted(db_url)} at http://{host}:{port}/dashboard/", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 from thrifty._cli_keys import keys as _keys  # noqa: E402 - registered once main exists
 
 main.add_command(_keys)

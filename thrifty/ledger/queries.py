@@ -23,19 +23,29 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from thrifty.errors import LedgerError
-from thrifty.ledger.models import calls_table, savings_table, tags_table
+from thrifty.ledger.models import calls_table, key_spend_table, keys_table, savings_table, tags_table
 
 __all__ = [
+    "BREAKDOWN_BY",
+    "CALL_ORDERS",
     "GROUP_BY",
+    "LATENCY_COLUMNS",
+    "PERCENTILES",
+    "TIME_GROUPS",
     "Filters",
     "SpendReport",
     "SpendRow",
     "TechniqueRow",
+    "budgets",
     "check_ledger",
+    "errors",
+    "latency",
     "parse_time",
     "recent_calls",
     "savings_by_technique",
     "spend",
+    "summary",
+    "top_calls",
 ]
 
 _calls = calls_table
@@ -278,6 +288,212 @@ def parse_time(text: str, *, now: datetime | None = None) -> datetime:
             "'today', 'now', a date (2026-11-01) or an ISO datetime (2026-11-01T09:30)"
         ) from None
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+# ---------------------------------------------------------------- dashboard queries
+
+#: what the dashboard's breakdown may group by
+BREAKDOWN_BY = ("model", "provider", "key", "project", "user", "tag")
+#: the timed columns of llm_calls whose percentiles :func:`latency` reports
+LATENCY_COLUMNS = ("duration_ms", "ttft_ms", "overhead_ms")
+#: percentiles, nearest-rank: the value at rank ceil(p/100 * n) of the n non-null values
+PERCENTILES = (50, 90, 99)
+#: orders of :func:`top_calls`
+CALL_ORDERS = ("cost", "duration", "recent")
+#: the metadata columns :func:`top_calls` returns (never prompts or responses)
+CALL_COLUMNS = (
+    "call_id", "parent_call_id", "attempt", "started_at", "duration_ms", "ttft_ms", "overhead_ms", "entry",
+    "wire", "stream", "provider", "model_requested", "model_used", "route_decision", "key_id", "user",
+    "project", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
+    "usage_source", "cost_usd", "price_source", "tokens_saved", "usd_saved", "status", "error_type",
+    "http_status",
+)
+
+
+def summary(
+    engine: Engine,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    filters: Filters | None = None,
+) -> dict[str, Any]:
+    """The totals of :class:`SpendRow` plus ``retries`` (calls with ``attempt > 1``), JSON-ready."""
+    where = _where(since, until, filters or Filters())
+    retries = sa.func.coalesce(sa.func.sum(sa.case((_calls.c.attempt > 1, 1), else_=0)), 0).label("retries")
+    with engine.connect() as conn:
+        r = conn.execute(sa.select(*_aggregates(_calls.c), retries).where(*where)).one()
+    out = _row(None, r).as_dict()
+    del out["group"]
+    out["retries"] = int(r.retries)
+    return out
+
+
+def latency(
+    engine: Engine,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    filters: Filters | None = None,
+    by: str | None = None,
+) -> list[dict[str, Any]]:
+    """Nearest-rank p50/p90/p99 of each of :data:`LATENCY_COLUMNS`, overall or per ``by`` (``model``).
+
+    One row per group: ``{"group", "<column>_count", "<column>_p50", ...}``; a
+    percentile is None when the group has no value for that column.
+    """
+    if by not in (None, "model"):
+        raise ValueError(f"unknown latency group {by!r}; choose model or leave it out")
+    where = _where(since, until, filters or Filters())
+    grp = _calls.c.model_used if by == "model" else sa.literal("")
+    out: dict[Any, dict[str, Any]] = {}
+    with engine.connect() as conn:
+        for name in LATENCY_COLUMNS:
+            col = _calls.c[name]
+            partition = [grp] if by else None
+            inner = (
+                sa.select(
+                    grp.label("grp"),
+                    col.label("val"),
+                    sa.func.row_number().over(partition_by=partition, order_by=col).label("rn"),
+                    sa.func.count().over(partition_by=partition).label("n"),
+                )
+                .where(*where, col.is_not(None))
+                .subquery()
+            )
+            # ceil(p * n / 100) in integer arithmetic, the same on every backend
+            ranks = [(inner.c.n * p + 99) // 100 for p in PERCENTILES]
+            query = sa.select(inner.c.grp, inner.c.rn, inner.c.n, inner.c.val).where(
+                sa.or_(*[inner.c.rn == rank for rank in ranks])
+            )
+            for r in conn.execute(query):
+                row = out.setdefault(r.grp, _latency_row(r.grp if by else None))
+                row[f"{name}_count"] = int(r.n)
+                for p in PERCENTILES:
+                    if int(r.rn) == (int(r.n) * p + 99) // 100:
+                        row[f"{name}_p{p}"] = float(r.val)
+    if not out and by is None:
+        out[""] = _latency_row(None)
+    return sorted(out.values(), key=lambda r: (r["group"] is None, r["group"] or ""))
+
+
+def _latency_row(group: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {"group": group}
+    for name in LATENCY_COLUMNS:
+        row[f"{name}_count"] = 0
+        for p in PERCENTILES:
+            row[f"{name}_p{p}"] = None
+    return row
+
+
+def errors(
+    engine: Engine,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    filters: Filters | None = None,
+) -> dict[str, Any]:
+    """Calls, errors (status other than ``ok``), retries (``attempt > 1``), their rates, and counts per
+    (status, error_type), most first."""
+    where = _where(since, until, filters or Filters())
+    c = _calls.c
+    query = (
+        sa.select(
+            c.status,
+            c.error_type,
+            sa.func.count().label("calls"),
+            sa.func.coalesce(sa.func.sum(sa.case((c.attempt > 1, 1), else_=0)), 0).label("retries"),
+        )
+        .where(*where)
+        .group_by(c.status, c.error_type)
+    )
+    with engine.connect() as conn:
+        groups = [(r.status, r.error_type, int(r.calls), int(r.retries)) for r in conn.execute(query)]
+    calls = sum(g[2] for g in groups)
+    errs = sum(g[2] for g in groups if g[0] != "ok")
+    retries = sum(g[3] for g in groups)
+    rows = [{"status": s, "error_type": e, "calls": n} for s, e, n, _ in groups]
+    rows.sort(key=lambda r: (-r["calls"], r["status"], r["error_type"] or ""))
+    return {
+        "calls": calls,
+        "errors": errs,
+        "retries": retries,
+        "error_rate": errs / calls if calls else None,
+        "retry_rate": retries / calls if calls else None,
+        "rows": rows,
+    }
+
+
+def top_calls(
+    engine: Engine,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    filters: Filters | None = None,
+    order: str = "cost",
+    limit: int = 50,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """Calls' metadata (:data:`CALL_COLUMNS`), the most expensive, slowest or newest first."""
+    if order not in CALL_ORDERS:
+        raise ValueError(f"unknown order {order!r}; choose one of: {', '.join(CALL_ORDERS)}")
+    c = _calls.c
+    first = {"cost": c.cost_usd, "duration": c.duration_ms, "recent": c.started_at}[order]
+    query = (
+        sa.select(*[c[name] for name in CALL_COLUMNS])
+        .where(*_where(since, until, filters or Filters()), first.is_not(None))
+        .order_by(first.desc(), c.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def budgets(engine: Engine, *, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Each virtual key's budget, period, and what it spent, holds reserved and called in the current period."""
+    now = now or datetime.now(UTC)
+    k, s = keys_table.c, key_spend_table.c
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table(keys_table.name):
+            return []
+        keys = list(conn.execute(sa.select(keys_table).order_by(k.name)))
+        starts = {row.id: _period_start(row.budget_period, now) for row in keys}
+        spent: dict[int, Any] = {}
+        if keys:
+            query = sa.select(key_spend_table).where(
+                sa.or_(*[sa.and_(s.key_id == kid, s.period_start == start) for kid, start in starts.items()])
+            )
+            spent = {r.key_id: r for r in conn.execute(query)}
+    out = []
+    for row in keys:
+        used = spent.get(row.id)
+        out.append({
+            "name": row.name,
+            "prefix": row.prefix,
+            "revoked": row.revoked_at is not None,
+            "budget_usd": None if row.budget_usd is None else _plain(_money(row.budget_usd)),  # type: ignore[arg-type]
+            "period": row.budget_period,
+            "period_start": starts[row.id].isoformat(),
+            "spent_usd": _plain(_money(used.spent_usd)) if used else "0",  # type: ignore[arg-type]
+            "reserved_usd": _plain(_money(used.reserved_usd)) if used else "0",  # type: ignore[arg-type]
+            "calls": int(used.calls) if used else 0,
+        })
+    return out
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _period_start(period: str, now: datetime) -> datetime:
+    """The start of the calendar budget ``period`` around ``now`` (as the limits stage keys key_spend)."""
+    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        return day
+    if period == "week":
+        return day - timedelta(days=day.weekday())
+    if period == "month":
+        return day.replace(day=1)
+    return _EPOCH
 
 
 # ---------------------------------------------------------------- internals

@@ -11,7 +11,8 @@ Anthropic client at ``http://127.0.0.1:8787``:
   and ``x-thrifty-tokens-saved``, and a stream's final chunk a ``thrifty``
   object with the same facts;
 * ``POST /v1/messages/count_tokens``, ``GET /v1/models``, ``GET /healthz``,
-  ``GET /metrics`` (Prometheus), ``GET /openapi.json``.
+  ``GET /metrics`` (Prometheus), ``GET /openapi.json``;
+* ``GET /dashboard/`` and its JSON API under ``/dashboard/api/`` (:mod:`thrifty.dashboard`).
 
 The proxy shares its way in and out with the client wrapper
 (:mod:`thrifty.middleware.entry`); what is its own is HTTP: bounded bodies,
@@ -58,7 +59,11 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                     closeable.close()
             raise
     closers = [stage.close for stage in stages] + ([store.close] if store is not None else [])
-    return ProxyApp(settings, engine, owns_engine=owns, keys=KeyCheck(store), closers=closers)
+    app = ProxyApp(settings, engine, owns_engine=owns, keys=KeyCheck(store), closers=closers)
+    from thrifty.dashboard.app import mount
+
+    mount(app)  # /dashboard: the page and its read-only JSON API over the ledger
+    return app
 
 
 def _limits(settings: Settings, *, with_stage: bool) -> tuple[Any, list[Any]]:

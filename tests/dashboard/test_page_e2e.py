@@ -1,0 +1,125 @@
+"""The dashboard page end to end: real calls through a running proxy, then the page in headless Chromium."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.middleware.conftest import make_settings
+from tests.middleware.server.conftest import Proxy, start_proxy
+from thrifty.testing import CannedUpstream
+
+CHROMIUM = "/usr/bin/chromium"
+# Debian's chromium, as ENVIRONMENT.md says: `playwright install` cannot download its own browser here
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
+MSG = [{"role": "user", "content": "Say hello."}]
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]' (playwright)")
+if shutil.which(CHROMIUM) is None:  # .ci/run installs it; a bare dev machine may not have it
+    pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, upstream: CannedUpstream) -> Iterator[Proxy]:
+    yield from start_proxy(make_settings(tmp_path_factory.mktemp("dash") / "data", upstream))
+
+
+@pytest.fixture(scope="module")
+def calls(proxy: Proxy) -> list[dict]:
+    client = openai.OpenAI(base_url=proxy.openai_url, api_key="k", max_retries=0)
+    for _ in range(3):
+        client.chat.completions.create(model="openai/gpt-4o-mini", messages=MSG)
+    for _ in range(2):
+        client.chat.completions.create(model="canned/echo", messages=MSG)
+    rows = proxy.rows()
+    assert len(rows) == 5
+    return rows
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    pg = browser.new_page(viewport={"width": 1280, "height": 1000})
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    pg.close()
+    assert not errors, errors  # no script errors on any page
+
+
+def open_dashboard(page, url: str, state: str = "ready") -> None:
+    page.goto(url)
+    page.wait_for_selector(f"body[data-state={state}]", timeout=15_000)
+
+
+def card(page, name: str) -> str:
+    return page.inner_text(f'#summary [data-summary="{name}"] .value')
+
+
+def money(text: str) -> Decimal:
+    return Decimal(text.replace("$", "").replace(",", ""))
+
+
+def test_page_shows_the_calls_made_and_filters_them(proxy: Proxy, calls: list[dict], page) -> None:
+    open_dashboard(page, proxy.url + "/dashboard/")
+    assert page.inner_text("#errors") == ""
+    # the chart drew (uPlot renders into a canvas), and every table view has content
+    assert page.locator("#timeseries-chart canvas").count() >= 1
+    for view in ("#breakdown", "#calls", "#latency", "#errors-view"):
+        assert page.locator(f"{view} table").count() == 1, view
+    # the totals match the ledger rows the calls wrote
+    assert card(page, "calls") == str(len(calls))
+    cost = sum((Decimal(str(r["cost_usd"])) for r in calls if r["cost_usd"] is not None), Decimal(0))
+    assert money(card(page, "cost_usd")) == pytest.approx(cost, abs=Decimal("0.000001"))
+    priced = [r for r in calls if r["cost_usd"] is not None]  # "most expensive" lists priced calls
+    assert priced and page.locator("#calls tbody tr").count() == len(priced)
+    providers = {r["provider"] for r in calls}
+    assert len(providers) == 2
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    # a filter changes the numbers, and lands in the URL so the view can be shared
+    page.fill("input[name=provider]", "openai")
+    page.click("#filters button[type=submit]")
+    page.wait_for_function("document.body.dataset.state === 'ready' && location.search.includes('provider=openai')")
+    page.wait_for_function("document.querySelector('#summary [data-summary=calls] .value').innerText === '3'")
+    assert page.locator("#calls tbody tr").count() == len([r for r in priced if r["provider"] == "openai"])
+    shared = page.url
+    assert "provider=openai" in shared
+
+    open_dashboard(page, shared)  # the shared URL opens the same view
+    assert page.input_value("input[name=provider]") == "openai"
+    assert card(page, "calls") == "3"
+
+    # the breakdown selector re-groups, and its CSV link carries the filters
+    page.select_option("#by", "provider")
+    page.wait_for_function("document.querySelector('#breakdown td') && document.querySelector('#breakdown td').innerText === 'openai'")
+    href = page.get_attribute('a.csv[data-view="breakdown"]', "href")
+    assert "format=csv" in href and "by=provider" in href and "provider=openai" in href
+    csv = page.request.get(proxy.url + href)
+    assert csv.ok and csv.text().splitlines()[0].startswith("group")
+
+
+def test_bad_input_gets_the_api_message_on_the_page(proxy: Proxy, calls: list[dict], page) -> None:
+    open_dashboard(page, proxy.url + "/dashboard/?since=not-a-date", state="error")
+    message = page.inner_text("#errors")
+    assert "not-a-date" in message or "since" in message
+    assert page.input_value("input[name=since]") == "not-a-date"
+
+
+def test_dashboard_without_trailing_slash_loads(proxy: Proxy, calls: list[dict], page) -> None:
+    open_dashboard(page, proxy.url + "/dashboard")
+    assert page.locator("#timeseries-chart canvas").count() >= 1
