@@ -217,6 +217,9 @@ class LlmCall(Base):
         Index("ix_llm_calls_key_id_started_at", "key_id", "started_at"),
         Index("ix_llm_calls_user_started_at", "user", "started_at"),
         Index("ix_llm_calls_parent_call_id", "parent_call_id"),
+        # the dashboard's most expensive and slowest calls: read in index order, newest id first on ties
+        Index("ix_llm_calls_cost_usd_id", "cost_usd", "id"),
+        Index("ix_llm_calls_duration_ms_id", "duration_ms", "id"),
     )
 
 
