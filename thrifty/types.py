@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal, Protocol, Union
 
 Role = Literal["system", "user", "assistant", "tool"]
 Wire = Literal["openai", "anthropic"]
@@ -333,3 +333,88 @@ class AsyncEventStream:
         finally:
             for callback in self._on_close:
                 callback()
+
+
+class StreamWatcher(Protocol):
+    """What a :class:`Tap` reports to: each event, whether the stream ran out, and its failure."""
+
+    exhausted: bool
+    error: BaseException | None
+
+    def see(self, event: StreamEvent) -> None: ...
+
+
+class Tap:
+    """Passes a stream's events through, showing each to a watcher; closing it closes the stream.
+
+    Stages that account for a stream (the ledger observer, the limits stage)
+    wrap it in a tap and finalize their accounts in ``on_close``.
+    """
+
+    __slots__ = ("_inner", "_it", "_watcher")
+
+    def __init__(self, inner: EventStream, watcher: StreamWatcher) -> None:
+        self._inner = inner
+        self._watcher = watcher
+        self._it: Iterator[StreamEvent] | None = None
+
+    def __iter__(self) -> Tap:
+        return self
+
+    def __next__(self) -> StreamEvent:
+        if self._it is None:
+            self._it = iter(self._inner)
+        try:
+            event = next(self._it)
+        except StopIteration:
+            self._watcher.exhausted = True
+            raise
+        except Exception as exc:
+            self._watcher.error = exc
+            raise
+        self._watcher.see(event)
+        return event
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._it, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._inner.close()  # also when never iterated
+
+
+class AsyncTap:
+    """The async twin of :class:`Tap`."""
+
+    __slots__ = ("_inner", "_it", "_watcher")
+
+    def __init__(self, inner: AsyncEventStream, watcher: StreamWatcher) -> None:
+        self._inner = inner
+        self._watcher = watcher
+        self._it: AsyncIterator[StreamEvent] | None = None
+
+    def __aiter__(self) -> AsyncTap:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        if self._it is None:
+            self._it = self._inner.__aiter__()
+        try:
+            event = await self._it.__anext__()
+        except StopAsyncIteration:
+            self._watcher.exhausted = True
+            raise
+        except Exception as exc:
+            self._watcher.error = exc
+            raise
+        self._watcher.see(event)
+        return event
+
+    async def aclose(self) -> None:
+        try:
+            aclose = getattr(self._it, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            await self._inner.aclose()

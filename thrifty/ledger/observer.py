@@ -21,19 +21,21 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from time import perf_counter
-from typing import Any, Protocol
+from typing import Protocol
 
 from thrifty.ledger.record import LedgerRecord, Status
 from thrifty.middleware.context import CallContext
 from thrifty.middleware.pipeline import Stage
 from thrifty.types import (
     AsyncEventStream,
+    AsyncTap,
     EventStream,
     Request,
     Response,
     StreamError,
     StreamEvent,
     StreamStart,
+    Tap,
     TextDelta,
     ToolCallDelta,
     Usage,
@@ -201,7 +203,7 @@ class LedgerObserver(Stage):
 
     def _tap(self, request: Request, ctx: CallContext, t_call: float, inner: EventStream) -> EventStream:
         account = _StreamAccount(self, request, ctx, t_call)
-        stream = EventStream(_Tap(inner, account))
+        stream = EventStream(Tap(inner, account))
         stream.on_close(account.finalize)
         return stream
 
@@ -209,7 +211,7 @@ class LedgerObserver(Stage):
         self, request: Request, ctx: CallContext, t_call: float, inner: AsyncEventStream
     ) -> AsyncEventStream:
         account = _StreamAccount(self, request, ctx, t_call)
-        stream = AsyncEventStream(_ATap(inner, account))
+        stream = AsyncEventStream(AsyncTap(inner, account))
         stream.on_close(account.finalize)
         return stream
 
@@ -347,76 +349,6 @@ class _StreamAccount:
         record.input_tokens = prompt or 0
         record.output_tokens = output or 0
         record.usage_source = "estimate"
-
-
-class _Tap:
-    """Iterates an event stream for the observer; closing it closes the upstream stream."""
-
-    __slots__ = ("_account", "_inner", "_it")
-
-    def __init__(self, inner: EventStream, account: _StreamAccount) -> None:
-        self._inner = inner
-        self._it: Any = None
-        self._account = account
-
-    def __iter__(self) -> _Tap:
-        return self
-
-    def __next__(self) -> StreamEvent:
-        if self._it is None:
-            self._it = iter(self._inner)
-        try:
-            event: StreamEvent = next(self._it)
-        except StopIteration:
-            self._account.exhausted = True
-            raise
-        except Exception as exc:
-            self._account.error = exc
-            raise
-        self._account.see(event)
-        return event
-
-    def close(self) -> None:
-        try:
-            if self._it is not None:
-                self._it.close()
-        finally:
-            self._inner.close()  # also when never iterated
-
-
-class _ATap:
-    """The async twin of :class:`_Tap`."""
-
-    __slots__ = ("_account", "_inner", "_it")
-
-    def __init__(self, inner: AsyncEventStream, account: _StreamAccount) -> None:
-        self._inner = inner
-        self._it: Any = None
-        self._account = account
-
-    def __aiter__(self) -> _ATap:
-        return self
-
-    async def __anext__(self) -> StreamEvent:
-        if self._it is None:
-            self._it = self._inner.__aiter__()
-        try:
-            event: StreamEvent = await self._it.__anext__()
-        except StopAsyncIteration:
-            self._account.exhausted = True
-            raise
-        except Exception as exc:
-            self._account.error = exc
-            raise
-        self._account.see(event)
-        return event
-
-    async def aclose(self) -> None:
-        try:
-            if self._it is not None:
-                await self._it.aclose()
-        finally:
-            await self._inner.aclose()
 
 
 def _http_status(exc: BaseException) -> int | None:

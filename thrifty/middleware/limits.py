@@ -97,10 +97,12 @@ from thrifty.middleware.context import CallContext
 from thrifty.middleware.pipeline import Stage
 from thrifty.types import (
     AsyncEventStream,
+    AsyncTap,
     EventStream,
     Request,
     Response,
     StreamEvent,
+    Tap,
     TextDelta,
     Usage,
     UsageEvent,
@@ -745,9 +747,9 @@ class LimitsStage(Stage):
                 return result
             account = _Account(hold, ctx, self, request)
             if isinstance(result, EventStream):
-                wrapped: Any = EventStream(_Tap(result, account))
+                wrapped: Any = EventStream(Tap(result, account))
             else:
-                wrapped = AsyncEventStream(_ATap(result, account))
+                wrapped = AsyncEventStream(AsyncTap(result, account))
             wrapped.on_close(account.close)
             return wrapped
         self._settle(hold, ctx, record, result if isinstance(result, Response) else None)
@@ -801,13 +803,14 @@ def _is_record(value: Any) -> bool:
 class _Account:
     """Usage of a stream that no ledger observer watches (the ledger is off): last usage event, or an estimate."""
 
-    __slots__ = ("ctx", "exhausted", "hold", "request", "stage", "texts", "usage")
+    __slots__ = ("ctx", "error", "exhausted", "hold", "request", "stage", "texts", "usage")
 
     def __init__(self, hold: Hold, ctx: CallContext, stage: LimitsStage, request: Request) -> None:
         self.hold, self.ctx, self.stage, self.request = hold, ctx, stage, request
         self.usage: Usage | None = None
         self.texts: builtins.list[str] = []
         self.exhausted = False
+        self.error: BaseException | None = None
 
     def see(self, event: StreamEvent) -> None:
         if isinstance(event, UsageEvent):
@@ -847,59 +850,3 @@ class _Account:
             return usage or Usage(source="estimate")
 
 
-class _Tap:
-    __slots__ = ("_account", "_inner", "_it")
-
-    def __init__(self, inner: EventStream, account: _Account) -> None:
-        self._inner, self._account = inner, account
-        self._it: Any = None
-
-    def __iter__(self) -> _Tap:
-        return self
-
-    def __next__(self) -> StreamEvent:
-        if self._it is None:
-            self._it = iter(self._inner)
-        try:
-            event: StreamEvent = next(self._it)
-        except StopIteration:
-            self._account.exhausted = True
-            raise
-        self._account.see(event)
-        return event
-
-    def close(self) -> None:
-        try:
-            if self._it is not None:
-                self._it.close()
-        finally:
-            self._inner.close()
-
-
-class _ATap:
-    __slots__ = ("_account", "_inner", "_it")
-
-    def __init__(self, inner: AsyncEventStream, account: _Account) -> None:
-        self._inner, self._account = inner, account
-        self._it: Any = None
-
-    def __aiter__(self) -> _ATap:
-        return self
-
-    async def __anext__(self) -> StreamEvent:
-        if self._it is None:
-            self._it = self._inner.__aiter__()
-        try:
-            event: StreamEvent = await self._it.__anext__()
-        except StopAsyncIteration:
-            self._account.exhausted = True
-            raise
-        self._account.see(event)
-        return event
-
-    async def aclose(self) -> None:
-        try:
-            if self._it is not None:
-                await self._it.aclose()
-        finally:
-            await self._inner.aclose()
