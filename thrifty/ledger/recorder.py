@@ -351,12 +351,13 @@ class Recorder:
         self._release_markers()
         self._purge_payloads()
 
-    def _take(self, n: int) -> tuple[list[LedgerRecord], int]:
-        """Up to ``n`` queued items: the records, and how many items (markers included) were taken."""
+    def _take(self, n: int | None) -> tuple[list[LedgerRecord], int]:
+        """Up to ``n`` queued items (all of them for None): the records, and how many items
+        (markers included) were taken."""
         batch: list[LedgerRecord] = []
         queue = self._queue
         taken = 0
-        while taken < n:
+        while n is None or taken < n:
             try:
                 item = queue.popleft()
             except IndexError:
@@ -562,31 +563,13 @@ class Recorder:
             return
         with self._spill_lock:
             spill, self._pending = self._pending, []
-            keep = limit // 2
-            while len(self._queue) > keep:
-                try:
-                    item = self._queue.popleft()
-                except IndexError:
-                    break
-                if isinstance(item, _Marker):
-                    self._waiting.append(item)
-                else:
-                    spill.append(item)
+            spill += self._take(len(self._queue) - limit // 2)[0]
             if not self._spill(spill):
                 self._pending = spill  # could not spill either: keep them in memory
 
     def _spill_queue(self) -> None:
         with self._spill_lock:
-            records: list[LedgerRecord] = []
-            while True:
-                try:
-                    item = self._queue.popleft()
-                except IndexError:
-                    break
-                if isinstance(item, _Marker):
-                    self._waiting.append(item)
-                else:
-                    records.append(item)
+            records, _ = self._take(None)
             if not self._spill(records):
                 self._queue.extend(records)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -112,17 +113,26 @@ class HTTPProvider(Provider):
 
     # -- sync
 
-    def send(self, request: Request, ctx: CallContext) -> Response | EventStream:
-        http_request = self.client.build_request(
+    def _build(self, client: httpx2.Client | httpx2.AsyncClient, request: Request, ctx: CallContext) -> httpx2.Request:
+        return client.build_request(
             "POST", self._parsed_url, content=dumps(self.encode(request)), headers=self._request_headers(ctx),
             timeout=self._timeout_for(ctx),
         )
+
+    @contextmanager
+    def _transport_errors(self) -> Iterator[None]:
+        """Map the HTTP client's failures to thrifty's upstream errors."""
         try:
-            answer = self.client.send(http_request, stream=request.stream)
+            yield
         except httpx2.TimeoutException as exc:
             raise UpstreamTimeoutError(f"provider {self.name!r} did not answer in time: {exc}") from exc
         except httpx2.TransportError as exc:
             raise UpstreamConnectionError(f"cannot reach provider {self.name!r} at {self.base_url}: {exc}") from exc
+
+    def send(self, request: Request, ctx: CallContext) -> Response | EventStream:
+        http_request = self._build(self.client, request, ctx)
+        with self._transport_errors():
+            answer = self.client.send(http_request, stream=request.stream)
         if answer.status_code >= 400:
             answer.read()
             answer.close()
@@ -150,16 +160,9 @@ class HTTPProvider(Provider):
 
     async def asend(self, request: Request, ctx: CallContext) -> Response | AsyncEventStream:
         client = self.async_client
-        http_request = client.build_request(
-            "POST", self._parsed_url, content=dumps(self.encode(request)), headers=self._request_headers(ctx),
-            timeout=self._timeout_for(ctx),
-        )
-        try:
+        http_request = self._build(client, request, ctx)
+        with self._transport_errors():
             answer = await client.send(http_request, stream=request.stream)
-        except httpx2.TimeoutException as exc:
-            raise UpstreamTimeoutError(f"provider {self.name!r} did not answer in time: {exc}") from exc
-        except httpx2.TransportError as exc:
-            raise UpstreamConnectionError(f"cannot reach provider {self.name!r} at {self.base_url}: {exc}") from exc
         if answer.status_code >= 400:
             await answer.aread()
             await answer.aclose()

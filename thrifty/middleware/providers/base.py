@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from thrifty.errors import ConfigurationError
-from thrifty.types import AsyncEventStream, EventStream, Request, Response, Usage, Wire
+from thrifty.types import AsyncEventStream, EventStream, Request, Response, Wire
 
 if TYPE_CHECKING:
     from thrifty.middleware.context import CallContext
@@ -95,6 +95,3 @@ def _load_builtins() -> None:
     _loaded = True
     from thrifty.middleware.providers import anthropic, local, openai  # noqa: F401
 
-
-def zero_usage() -> Usage:
-    return Usage()
