@@ -16,6 +16,7 @@ error is encoded and a stream is framed the same way in both:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -96,8 +97,9 @@ def decode_call(w: Wire, content: bytes) -> tuple[Request, Any]:
     return w.decode(parse_json(content))
 
 
+@functools.lru_cache(maxsize=1024)
 def key_hash(secret: str) -> str:
-    """What the ledger keeps of a caller's key: a short hash, never the key."""
+    """What the ledger keeps of a caller's key: a short hash, never the key (cached: callers repeat keys)."""
     return hashlib.sha256(secret.removeprefix("Bearer ").encode()).hexdigest()[:16]
 
 

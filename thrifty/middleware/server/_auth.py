@@ -34,18 +34,17 @@ def bearer_secret(authorization: bytes | None, api_key: bytes | None) -> str | N
 class KeyCheck:
     """Authenticates requests against ``store`` (a :class:`thrifty.middleware.limits.KeyStore`), if any."""
 
-    __slots__ = ("store", "_hashes")
+    __slots__ = ("store",)
 
     def __init__(self, store: Any = None) -> None:
         self.store = store
-        self._hashes: dict[str, str] = {}
 
     async def identify(self, authorization: bytes | None, api_key: bytes | None) -> tuple[Any, str | None]:
         """``(virtual key or None, key id for the ledger)``; a 401 when a key is required and not valid."""
         secret = bearer_secret(authorization, api_key)
         store = self.store
         if store is None or not await store.arequired():
-            return None, self._hash(secret) if secret else None
+            return None, key_hash(secret) if secret else None
         if secret is None:
             raise AuthenticationError(
                 "this proxy needs a key: send it as 'Authorization: Bearer <key>' or in an 'x-api-key' header"
@@ -54,11 +53,3 @@ class KeyCheck:
         if key is None:
             raise AuthenticationError("the key is not valid (unknown or revoked); list keys with `thrifty keys list`")
         return key, key.key_id
-
-    def _hash(self, secret: str) -> str:
-        found = self._hashes.get(secret)
-        if found is None:
-            found = key_hash(secret)
-            if len(self._hashes) < 1024:
-                self._hashes[secret] = found
-        return found

@@ -56,7 +56,6 @@ class _Entry:
         self.engine = engine
         self.binding = binding
         self.wire = wire(binding.wire)
-        self._key_ids: dict[str, str] = {}
 
     def intercepts(self, request: httpx2.Request) -> bool:
         return request.method == "POST" and request.url.path.endswith(self.binding.endpoint)
@@ -82,12 +81,7 @@ class _Entry:
         secret = headers.get("authorization") or headers.get("x-api-key")
         if not secret:
             return None
-        key_id = self._key_ids.get(secret)
-        if key_id is None:
-            key_id = key_hash(secret)
-            if len(self._key_ids) < 64:
-                self._key_ids[secret] = key_id
-        return key_id
+        return key_hash(secret)
 
     def headers(self, ctx: CallContext, base: list[tuple[str, str]]) -> list[tuple[str, str]]:
         return [*base, ("x-thrifty-request-id", ctx.call_id)]
