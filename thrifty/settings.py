@@ -105,6 +105,10 @@ class AliasConfig(BaseModel):
     model: str
     fallbacks: list[str] = Field(default_factory=list)
     retry: RetrySettings | None = None
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="thrifty options every call to this alias gets (compress, contract, ...); a call's own win",
+    )
 
 
 class KeyConfig(BaseModel):

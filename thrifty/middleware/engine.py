@@ -7,12 +7,13 @@ hand a neutral request and a :class:`CallContext` to :meth:`Engine.handle`
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Sequence
 from typing import Any
 
-from thrifty.errors import UnknownModelError, UnknownProviderError
-from thrifty.middleware.context import CallContext, Target
+from thrifty.errors import ConfigurationError, InvalidRequestError, UnknownModelError, UnknownProviderError
+from thrifty.middleware.context import CallContext, Target, ThriftyOptions
 from thrifty.middleware.pipeline import STAGE_ORDER, Pipeline, Stage
 from thrifty.middleware.providers.base import Provider, build_provider
 from thrifty.middleware.retry import RetryStage
@@ -72,6 +73,34 @@ class ModelResolver(Stage):
         return request
 
 
+#: The techniques' own stages, built into every engine: ``(kind, "module:Class")``.
+#: Each class has ``from_engine(engine) -> Stage``, is imported only when an
+#: engine is built (never torch at import), and passes a call through untouched
+#: unless the call's options, its alias or the settings ask for the technique.
+BUILTIN_STAGES: tuple[tuple[str, str], ...] = (
+    ("contracts", "thrifty.contracts.stage:ContractStage"),
+    ("compression", "thrifty.compressors.stage:CompressionStage"),
+    ("structured", "thrifty.contracts.structured:StructuredStage"),
+)
+
+
+def _builtin_stages(engine: Engine, given: Sequence[Stage]) -> list[Stage]:
+    kinds = {stage.kind for stage in given}
+    built = []
+    for kind, where in BUILTIN_STAGES:
+        if kind in kinds:
+            continue
+        module, _, name = where.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue  # that technique is not part of this installation
+        built.append(cls.from_engine(engine))
+    return built
+
+
 class Engine:
     """Settings, providers, routers, the frozen pipeline and the ledger recorder, built once.
 
@@ -102,7 +131,10 @@ class Engine:
         self.recorder = recorder
         self.observer = None
         self.routers: tuple[Router, ...] = build_routers(self)
+        self._alias_options = _alias_options(self.settings)
         chain: list[Stage] = [ModelResolver(self), *stages]
+        for stage in _builtin_stages(self, stages):
+            _insert_in_order(chain, stage)
         if retry is not False and not any(stage.kind == "retry" for stage in stages):
             _insert_in_order(chain, RetryStage(self.settings.retry, self.resolve, retry_wrapped=bool(retry)))
         if use_ledger:
@@ -152,7 +184,18 @@ class Engine:
 
     # -- calls
 
+    def options_for(self, model: str, options: ThriftyOptions) -> ThriftyOptions:
+        """The call's options over its alias's ``options`` (the call's own win, field by field)."""
+        base = self._alias_options.get(model)
+        if base is None:
+            return options
+        if not options.model_fields_set:
+            return base
+        merged = {**base.model_dump(exclude_unset=True), **options.model_dump(exclude_unset=True)}
+        return ThriftyOptions.model_validate(merged)
+
     def handle(self, request: Request, ctx: CallContext) -> Response | EventStream:
+        ctx.options = self.options_for(request.model, ctx.options)
         try:
             return self.pipeline.handle(request, ctx)
         except Exception as exc:
@@ -160,6 +203,7 @@ class Engine:
             raise
 
     async def ahandle(self, request: Request, ctx: CallContext) -> Response | AsyncEventStream:
+        ctx.options = self.options_for(request.model, ctx.options)
         try:
             return await self.pipeline.ahandle(request, ctx)
         except Exception as exc:
@@ -184,6 +228,19 @@ class Engine:
         for provider in list(self._providers.values()):
             await provider.aclose()
         await asyncio.to_thread(self.close)  # closing a provider twice is harmless
+
+
+def _alias_options(settings: Settings) -> dict[str, ThriftyOptions]:
+    """Each alias's ``options``, validated once; a bad one names the alias."""
+    parsed = {}
+    for name, alias in settings.aliases.items():
+        if not alias.options:
+            continue
+        try:
+            parsed[name] = ThriftyOptions.parse(alias.options)
+        except InvalidRequestError as exc:
+            raise ConfigurationError(f"[aliases.{name}] options: {exc}") from None
+    return parsed
 
 
 def _insert_in_order(chain: list[Stage], stage: Stage) -> None:
