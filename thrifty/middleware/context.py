@@ -122,6 +122,7 @@ class CallContext:
     retry: RetrySettings | None = None
     savings: dict[str, Saving] = field(default_factory=dict)
     decode_hooks: list[Any] = field(default_factory=list)
+    output: Any = None  # the call's output contract (thrifty.contracts.spec.OutputSpec), when it has one
     upstream_headers: dict[str, str] = field(default_factory=dict)
     upstream_timeout: dict[str, float | None] | None = None  # httpx-style timeouts the caller asked for
     # facts the ledger observer fills in, that the entry may read to answer (headers)
@@ -149,6 +150,7 @@ class CallContext:
             fallbacks=self.fallbacks,
             retry=self.retry,
             savings=dict(self.savings),
+            output=self.output,
             upstream_headers=self.upstream_headers,
             upstream_timeout=self.upstream_timeout,
         )
