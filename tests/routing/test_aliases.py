@@ -12,6 +12,8 @@ import sqlalchemy as sa
 
 import thrifty
 from thrifty import CallContext, ConfigurationError, Engine, Settings, UnknownModelError
+from thrifty.middleware.context import ThriftyOptions
+from thrifty.middleware.engine import ModelResolver
 from thrifty.routing import AliasRouter, Route, Router, register_router, router_names
 from thrifty.routing import base as routing_base
 from thrifty.settings import AliasConfig, RetrySettings
@@ -59,7 +61,8 @@ def ctx(**kw: Any) -> CallContext:
 def routed(engine: Engine, model: str, **kw: Any) -> tuple[Request, CallContext]:
     """The routing step alone: what the request and its context look like after it."""
     call = ctx(**kw)
-    return engine.pipeline.stages[0].prepare(request(model), call), call
+    (resolver,) = [stage for stage in engine.pipeline.stages if isinstance(stage, ModelResolver)]
+    return resolver.prepare(request(model), call), call
 
 
 # ---------------------------------------------------------------- aliases
@@ -75,6 +78,22 @@ def test_an_alias_goes_to_its_model_and_the_ledger_says_so(make_engine, upstream
     (row,) = rows(engine)
     assert (row["model_requested"], row["model_used"], row["provider"], row["route_decision"]) == (
         "fast", "gpt-fast", "canned", "alias:fast")
+
+
+def test_an_alias_gives_its_calls_options_and_a_calls_own_win(make_engine):
+    engine = make_engine({"team": {"model": "canned/gpt-team", "options": {"project": "alpha", "tags": ["t1"]}}})
+    assert engine.options_for("team", ThriftyOptions()) == ThriftyOptions(project="alpha", tags=["t1"])
+    own = engine.options_for("team", ThriftyOptions(project="beta"))
+    assert (own.project, own.tags) == ("beta", ["t1"])
+    assert engine.options_for("canned/gpt-team", ThriftyOptions(user="u")) == ThriftyOptions(user="u")
+    engine.handle(request("team"), ctx())
+    engine.handle(request("team"), ctx(options=ThriftyOptions(project="beta")))
+    assert [row["project"] for row in rows(engine)] == ["alpha", "beta"]
+
+
+def test_bad_alias_options_name_the_alias(make_engine):
+    with pytest.raises(ConfigurationError, match=r"\[aliases.team\] options: unknown thrifty option 'colour'"):
+        make_engine({"team": {"model": "canned/gpt-team", "options": {"colour": "red"}}})
 
 
 def test_other_names_are_not_routed(make_engine):
