@@ -13,4 +13,5 @@ _spec.loader.exec_module(_ledger)
 pg_server = _ledger.pg_server
 pg_session_url = _ledger.pg_session_url
 ledger_url = _ledger.ledger_url
+fresh_url = _ledger.fresh_url
 engine_for = _ledger.engine_for

@@ -126,3 +126,51 @@ def test_bad_input_gets_the_api_message_on_the_page(proxy: Proxy, calls: list[di
 def test_dashboard_without_trailing_slash_loads(proxy: Proxy, calls: list[dict], page) -> None:
     open_dashboard(page, proxy.url + "/dashboard")
     assert page.locator("#timeseries-chart canvas").count() >= 1
+
+
+def test_budget_bars_and_what_savings_are_measured_against(page, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from thrifty.dashboard.api import COUNTERFACTUALS
+    from thrifty.dashboard.app import create_app
+    from thrifty.ledger.db import create_engine
+    from thrifty.ledger.migrations import migrate
+    from thrifty.ledger.models import calls_table, key_spend_table, keys_table, savings_table
+    from thrifty.testing import ServerThread
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    migrate(url)
+    now = datetime.now(UTC)
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(calls_table.insert(), [{
+                "call_id": "s1", "attempt": 1, "started_at": now, "entry": "proxy", "wire": "openai",
+                "stream": False, "provider": "openai", "model_used": "gpt-4o", "input_tokens": 100,
+                "cache_read_tokens": 0, "cache_write_tokens": 0, "output_tokens": 10, "reasoning_tokens": 0,
+                "usage_source": "provider", "cost_usd": Decimal("0.01"), "price_source": "test", "tokens_saved": 40,
+                "usd_saved": Decimal("0.002"), "status": "ok"}])
+            conn.execute(savings_table.insert(), [{"call_id": "s1", "technique": "compression", "tokens_before": 140,
+                                                   "tokens_after": 100, "tokens_saved": 40,
+                                                   "usd_saved": Decimal("0.002")}])
+            conn.execute(keys_table.insert(), [
+                {"id": 1, "name": "team-a", "key_sha256": "a" * 64, "prefix": "tk-a", "source": "cli",
+                 "created_at": now, "budget_usd": Decimal("10"), "budget_period": "total", "rpm": None, "models": "*"},
+                {"id": 2, "name": "team-b", "key_sha256": "b" * 64, "prefix": "tk-b", "source": "cli",
+                 "created_at": now, "budget_usd": None, "budget_period": "total", "rpm": None, "models": "*"},
+            ])
+            conn.execute(key_spend_table.insert(), [
+                {"key_id": 1, "period_start": datetime(1970, 1, 1, tzinfo=UTC), "spent_usd": Decimal("9.5"),
+                 "reserved_usd": Decimal("0.1"), "calls": 4}])
+    finally:
+        engine.dispose()
+    with ServerThread(create_app(url)) as server:
+        open_dashboard(page, server.url + "/dashboard/")
+        # a key with a budget gets a bar at its use (spent and reserved), flagged near the limit; one without, none
+        meters = page.locator("#budgets .meter")
+        assert meters.count() == 1
+        assert float(meters.first.get_attribute("data-used")) == pytest.approx(0.96)
+        assert "high" in meters.first.get_attribute("class")
+        # the savings view says what each technique's saving was measured against
+        cell = page.inner_text('#savings td[data-col="measured_against"]')
+        assert cell == COUNTERFACTUALS["compression"]

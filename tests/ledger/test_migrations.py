@@ -48,6 +48,10 @@ def test_migration_schema_equals_the_models(fresh_url: str, engine_for: Callable
         "llm_call_payloads",
         "virtual_keys",
         "key_spend",
+        "llm_calls_rollup",
+        "llm_call_savings_rollup",
+        "llm_calls_latency_daily",
+        "ledger_rollup_state",
         VERSION_TABLE,
     }
 

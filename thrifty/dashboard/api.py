@@ -11,7 +11,8 @@ the endpoint's table as CSV. Endpoints:
   errors, retries);
 * ``timeseries?bucket=hour|day|week``: calls, tokens, cost and USD saved per bucket;
 * ``breakdown?by=model|provider|key|project|user|tag``: the totals per group;
-* ``savings``: tokens before, after and saved, and USD saved, per technique;
+* ``savings``: tokens before, after and saved, and USD saved, per technique, and
+  (``counterfactuals``) what each technique's saving is measured against;
 * ``latency[?by=model]``: p50/p90/p99 of ``duration_ms``, ``ttft_ms``, ``overhead_ms``;
 * ``errors``: error and retry rates, counts per status and error type;
 * ``calls?order=cost|duration|recent&limit=50&offset=0``: calls' metadata;
@@ -39,7 +40,7 @@ from sqlalchemy.exc import DBAPIError
 from thrifty.errors import LedgerError
 from thrifty.ledger import queries
 
-__all__ = ["ENDPOINTS", "DashboardAPI", "ParamError"]
+__all__ = ["COUNTERFACTUALS", "ENDPOINTS", "DashboardAPI", "ParamError", "register_counterfactual"]
 
 log = logging.getLogger("thrifty.dashboard")
 
@@ -142,9 +143,29 @@ def _breakdown(engine: Engine, req: _Request) -> tuple[dict[str, Any], list[dict
     return {"by": by, "rows": rows, "total": report.total.as_dict()}, rows
 
 
+#: technique -> what its saving is measured against (the counterfactual); add others with register_counterfactual
+COUNTERFACTUALS: dict[str, str] = {}
+
+
+def register_counterfactual(technique: str, text: str) -> None:
+    """Say what ``technique``'s savings are measured against, for the savings view."""
+    COUNTERFACTUALS[technique] = text
+
+
+for _technique, _text in (
+    ("compression", "the same prompt sent uncompressed (its tokens before compression)"),
+    ("routing", "the same call on the model that was requested"),
+    ("contracts", "the same request without its prompt contract"),
+    ("structured", "the retries and reasks an unconstrained answer would have needed"),
+):
+    register_counterfactual(_technique, _text)
+
+
 def _savings(engine: Engine, req: _Request) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     rows = [r.as_dict() for r in queries.savings_by_technique(engine, **req.range)]
-    return {"rows": rows}, rows
+    against = {r["technique"]: COUNTERFACTUALS.get(r["technique"]) for r in rows}
+    return {"rows": rows, "counterfactuals": against}, [r | {"measured_against": against[r["technique"]]}
+                                                        for r in rows]
 
 
 def _latency(engine: Engine, req: _Request) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -11,6 +11,15 @@ PostgreSQL alike:
 * ``llm_call_payloads``: prompts and responses, written only when the operator
   opts in (``ledger.store_prompts``), each row with its own ``expires_at``.
 
+Rollups, derived from those tables and kept current by the recorder in the
+same transaction as each batch (see :mod:`thrifty.ledger.rollup`), let the
+dashboard answer over months of calls without reading every row:
+
+* ``llm_calls_rollup``: sums per (grain, span, period start, dimensions);
+* ``llm_call_savings_rollup``: savings sums per (span, period start, technique, model, provider);
+* ``llm_calls_latency_daily``: log-spaced latency histograms per (day, model, provider, metric);
+* ``ledger_rollup_state``: the highest ``llm_calls.id`` the rollups include.
+
 Beside the ledger proper, the proxy's virtual keys live in the same database
 (see :mod:`thrifty.middleware.limits`):
 
@@ -49,6 +58,7 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     String,
+    Text,
     TypeDecorator,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -57,17 +67,25 @@ __all__ = [
     "STRING_LIMITS",
     "Base",
     "KeySpend",
+    "LatencyDaily",
     "LlmCall",
     "LlmCallPayload",
+    "LlmCallRollup",
     "LlmCallSaving",
+    "LlmCallSavingRollup",
     "LlmCallTag",
     "Money",
+    "RollupState",
     "UTCDateTime",
     "VirtualKeyRow",
     "calls_table",
     "key_spend_table",
+    "latency_table",
     "keys_table",
     "payloads_table",
+    "rollup_state_table",
+    "rollup_table",
+    "savings_rollup_table",
     "savings_table",
     "tags_table",
 ]
@@ -300,6 +318,89 @@ class KeySpend(Base):
     calls: Mapped[int] = mapped_column(BigInteger)
 
 
+class LlmCallRollup(Base):
+    """Sums over the calls of one period (``span``: hour, day or week) and one combination of dimensions.
+
+    ``grain`` names the dimensions the row keeps (see :data:`thrifty.ledger.rollup.GRAINS`); the
+    others hold ``''``, as does a kept dimension whose value is NULL. USD sums are integers in
+    units of 1e-12 USD (``*_pusd``), so that sums of sums are exact on every backend.
+    """
+
+    __tablename__ = "llm_calls_rollup"
+
+    grain: Mapped[str] = mapped_column(String(16), primary_key=True)
+    span: Mapped[str] = mapped_column(String(8), primary_key=True)
+    start: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    model: Mapped[str] = mapped_column(_s("model"), primary_key=True)
+    provider: Mapped[str] = mapped_column(_s("provider"), primary_key=True)
+    status: Mapped[str] = mapped_column(_s("status"), primary_key=True)
+    error_type: Mapped[str] = mapped_column(_s("error_type"), primary_key=True)
+    entry: Mapped[str] = mapped_column(_s("entry"), primary_key=True)
+    key_id: Mapped[str] = mapped_column(_s("key_id"), primary_key=True)
+    user: Mapped[str] = mapped_column(_s("user"), primary_key=True)
+    project: Mapped[str] = mapped_column(_s("project"), primary_key=True)
+    tag: Mapped[str] = mapped_column(_s("tag"), primary_key=True)
+
+    calls: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    retries: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_pusd: Mapped[int] = mapped_column(BigInteger)
+    unpriced_calls: Mapped[int] = mapped_column(BigInteger)
+    estimated_calls: Mapped[int] = mapped_column(BigInteger)
+    tokens_saved: Mapped[int] = mapped_column(BigInteger)
+    saved_pusd: Mapped[int] = mapped_column(BigInteger)
+
+
+class LlmCallSavingRollup(Base):
+    """Sums of ``llm_call_savings`` over one period, per technique, model and provider."""
+
+    __tablename__ = "llm_call_savings_rollup"
+
+    span: Mapped[str] = mapped_column(String(8), primary_key=True)
+    start: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    technique: Mapped[str] = mapped_column(_s("technique"), primary_key=True)
+    model: Mapped[str] = mapped_column(_s("model"), primary_key=True)
+    provider: Mapped[str] = mapped_column(_s("provider"), primary_key=True)
+
+    calls: Mapped[int] = mapped_column(BigInteger)
+    tokens_before: Mapped[int] = mapped_column(BigInteger)
+    tokens_after: Mapped[int] = mapped_column(BigInteger)
+    tokens_saved: Mapped[int] = mapped_column(BigInteger)
+    saved_pusd: Mapped[int] = mapped_column(BigInteger)
+    priced_calls: Mapped[int] = mapped_column(BigInteger)  # calls whose usd_saved is known
+
+
+class LatencyDaily(Base):
+    """The histogram of one timed column (``metric``) over one day's calls of one model and provider.
+
+    ``buckets`` is a JSON list ``[first, n0, n1, ...]``: ``n_i`` calls fell in log-spaced bucket
+    ``first + i`` (see :mod:`thrifty.ledger.rollup`); ``calls`` is their sum.
+    """
+
+    __tablename__ = "llm_calls_latency_daily"
+
+    day: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    model: Mapped[str] = mapped_column(_s("model"), primary_key=True)
+    provider: Mapped[str] = mapped_column(_s("provider"), primary_key=True)
+    metric: Mapped[str] = mapped_column(String(16), primary_key=True)
+    calls: Mapped[int] = mapped_column(BigInteger)
+    buckets: Mapped[str] = mapped_column(Text)
+
+
+class RollupState(Base):
+    """The highest ``llm_calls.id`` included in the rollups (``name`` is ``llm_calls``)."""
+
+    __tablename__ = "ledger_rollup_state"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    last_id: Mapped[int] = mapped_column(BigInteger)
+
+
 #: the tables as typed ``Table`` objects, for Core queries
 calls_table = Base.metadata.tables["llm_calls"]
 savings_table = Base.metadata.tables["llm_call_savings"]
@@ -307,3 +408,7 @@ tags_table = Base.metadata.tables["llm_call_tags"]
 payloads_table = Base.metadata.tables["llm_call_payloads"]
 keys_table = Base.metadata.tables["virtual_keys"]
 key_spend_table = Base.metadata.tables["key_spend"]
+rollup_table = Base.metadata.tables["llm_calls_rollup"]
+savings_rollup_table = Base.metadata.tables["llm_call_savings_rollup"]
+latency_table = Base.metadata.tables["llm_calls_latency_daily"]
+rollup_state_table = Base.metadata.tables["ledger_rollup_state"]

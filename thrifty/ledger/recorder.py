@@ -4,8 +4,10 @@
 raises) and returns. A background thread takes batches of up to
 ``ledger.batch_size`` records every ``ledger.flush_interval_s`` (sooner when a
 batch is full), prices the records that have no cost yet, and inserts them in
-one transaction. Inserts are idempotent by ``call_id`` (``ON CONFLICT DO
-NOTHING``), so writing a record twice never duplicates it.
+one transaction, together with the dashboard's rollups
+(:mod:`thrifty.ledger.rollup`). Inserts are idempotent by ``call_id`` (``ON CONFLICT DO
+NOTHING``), so writing a record twice never duplicates it. An empty provider,
+model, key, user, project or error type is stored as NULL.
 
 When the database is unavailable the records stay buffered and the thread
 retries every ``ledger.retry_interval_s``. Past ``ledger.max_buffer_rows``
@@ -45,6 +47,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from thrifty.ledger import rollup
 from thrifty.ledger.models import STRING_LIMITS, calls_table, payloads_table, savings_table, tags_table
 from thrifty.ledger.record import LedgerRecord, jsonable
 from thrifty.settings import LedgerSettings, Settings, default_data_dir
@@ -455,6 +458,9 @@ class Recorder:
         calls, savings, tags, payloads = self._rows(batch)
         assert self._engine is not None
         with self._engine.begin() as conn:
+            rolls_up = conn.dialect.name in rollup.DIALECTS
+            if rolls_up:
+                rollup.lock(conn)
             fresh = _insert_ignoring_duplicates(conn, calls_table, calls, ("call_id",))
             if fresh is not None:  # a backend without ON CONFLICT: skip the children of old rows
                 savings = [r for r in savings if r["call_id"] in fresh]
@@ -463,6 +469,8 @@ class Recorder:
             _insert_ignoring_duplicates(conn, savings_table, savings, ("call_id", "technique"))
             _insert_ignoring_duplicates(conn, tags_table, tags, ("call_id", "tag"))
             _insert_ignoring_duplicates(conn, payloads_table, payloads, ("call_id",))
+            if rolls_up:  # the dashboard's rollups, in the same transaction
+                rollup.catch_up(conn)
         self.written += len(batch)
 
     def _rows(
@@ -487,14 +495,14 @@ class Recorder:
                     "entry": _cut(r.entry, "entry"),
                     "wire": _cut(r.wire, "wire"),
                     "stream": bool(r.stream),
-                    "provider": _cut(r.provider, "provider"),
+                    "provider": _cut(r.provider, "provider") or None,
                     "model_requested": _cut(r.model_requested, "model"),
-                    "model_used": _cut(r.model_used, "model"),
+                    "model_used": _cut(r.model_used, "model") or None,
                     "route_decision": _cut(r.route_decision, "route_decision"),
                     "response_id": _cut(r.response_id, "response_id"),
-                    "key_id": _cut(r.key_id, "key_id"),
-                    "user": _cut(r.user, "user"),
-                    "project": _cut(r.project, "project"),
+                    "key_id": _cut(r.key_id, "key_id") or None,
+                    "user": _cut(r.user, "user") or None,
+                    "project": _cut(r.project, "project") or None,
                     "input_tokens": r.input_tokens,
                     "cache_read_tokens": r.cache_read_tokens,
                     "cache_write_tokens": r.cache_write_tokens,
@@ -508,7 +516,7 @@ class Recorder:
                     "tokens_saved": r.tokens_saved,
                     "usd_saved": r.usd_saved,
                     "status": _cut(r.status, "status"),
-                    "error_type": _cut(r.error_type, "error_type"),
+                    "error_type": _cut(r.error_type, "error_type") or None,
                     "http_status": r.http_status,
                 }
             )

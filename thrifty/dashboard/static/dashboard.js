@@ -165,6 +165,30 @@ function setCsvLinks() {
   }
 }
 
+// Savings per technique, with what each saving was measured against.
+function savingsView(data) {
+  const against = (data && data.counterfactuals) || {};
+  const rows = rowsOf(data).map((r) => ({ ...r, measured_against: against[r.technique] ?? null }));
+  table($("#savings"), rows, "usd_saved");
+}
+
+// Budget use per key: a bar of spent (and reserved) against the budget.
+function budgetsView(data) {
+  const rows = rowsOf(data);
+  table($("#budgets"), rows);
+  const trs = $("#budgets").querySelectorAll("tbody tr");
+  rows.forEach((r, i) => {
+    const cell = trs[i] && trs[i].querySelector('td[data-col="spent_usd"]');
+    const budget = Number(r.budget_usd);
+    if (!cell || r.budget_usd == null || !(budget > 0)) return;
+    const used = (Number(r.spent_usd) + Number(r.reserved_usd || 0)) / budget;
+    const meter = el("span", { class: "meter" + (used >= 0.9 ? " high" : ""), title: (used * 100).toFixed(1) + "% of the budget" },
+      el("span", { style: `width:${Math.min(100, Math.round(used * 100))}%` }));
+    meter.dataset.used = used.toFixed(4);
+    cell.prepend(meter);
+  });
+}
+
 // the call list's columns on the page (its CSV has them all)
 const CALL_COLUMNS = ["started_at", "model_used", "model", "provider", "key_id", "project", "user", "status",
   "input_tokens", "output_tokens", "duration_ms", "attempt", "cost_usd"];
@@ -174,11 +198,11 @@ const VIEWS = {
   summary: [() => ({}), summary],
   timeseries: [() => ({ bucket: $("#bucket").value }), timeseries],
   breakdown: [() => ({ by: $("#by").value }), (d) => table($("#breakdown"), rowsOf(d), "cost_usd")],
-  savings: [() => ({}), (d) => table($("#savings"), rowsOf(d), "usd_saved")],
+  savings: [() => ({}), savingsView],
   latency: [() => ({}), (d) => table($("#latency"), rowsOf(d))],
   errors: [() => ({}), errorsView],
   calls: [() => ({ order: "cost", limit: 50 }), (d) => table($("#calls"), rowsOf(d), "cost_usd", CALL_COLUMNS)],
-  budgets: [() => ({}), (d) => table($("#budgets"), rowsOf(d))],
+  budgets: [() => ({}), budgetsView],
 };
 
 async function load(names = Object.keys(VIEWS)) {
