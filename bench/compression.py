@@ -1,0 +1,626 @@
+"""Prompt compression: does the compressed context still answer the question, and how fast is it?
+
+Two commands:
+
+    .venv/bin/python bench/compression.py build-eval     # writes bench/data/compression_qa.jsonl
+    .venv/bin/python bench/compression.py run            # prints a table, writes bench/results/compression.json
+
+``build-eval`` makes the evaluation set from held-out passages of the
+compressor's training corpus (documents that training never saw; the corpus and
+its split come from ``python -m thrifty.compressors.train corpus``): into each
+passage one templated fact sentence is written at a seeded sentence boundary
+(a name, city, language, animal ... about a fictional project), with a question
+whose answer is that short phrase, verbatim in the passage. The rest of the
+passage is real text the compressor must drop around the fact. No model is
+involved, so the set is exact and reproducible.
+
+``run`` compresses each passage at keep rates 0.5 and 0.33 with: thrifty's
+compressor (exact and fast modes), random word dropping at the same rate
+(seeded), LLMLingua-1 (the ``llmlingua`` package with a local causal LM) and
+``llmlingua``'s own LLMLingua-2 path on thrifty's weights; and reports the
+achieved rate (tokens after / before, cl100k), answer-span survival (the gold
+answer still present in the compressed text, compared after lower-casing and
+removing punctuation) and the QA model's accuracy (normalised gold answer
+contained in its answer) on the original and on each compressed context. It
+also times each compressor on a ~10k-token prompt (ms per 1k tokens, in one
+process) and measures keep-decision agreement of thrifty's fast mode with its
+exact mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import models as bench_models  # noqa: E402
+
+EVAL_PATH = ROOT / "bench" / "data" / "compression_qa.jsonl"
+RESULTS = ROOT / "bench" / "results" / "compression.json"
+RATES = (0.5, 0.33)
+QA_MODEL = "qwen-0.5b"
+WORK = Path.home() / ".cache" / "thrifty" / "compressor-train"
+
+
+# ---------------------------------------------------------------- text helpers
+
+
+def normalise(text: str) -> str:
+    """Lower-case, punctuation to spaces, whitespace collapsed (how answers and spans are compared)."""
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
+
+
+def contains(haystack: str, needle: str) -> bool:
+    n = normalise(needle)
+    return bool(n) and f" {n} " in f" {normalise(haystack)} "
+
+
+def count_tokens(text: str) -> int:
+    from thrifty.ledger.tokens import get_encoding
+
+    return len(get_encoding("cl100k_base").encode(text))
+
+
+def keep_mask(original: str, compressed: str) -> list[bool]:
+    """Which of the original's normalised words survive, matching the compressed ones in order.
+
+    Both texts are normalised first (see :func:`normalise`), so outputs that
+    differ in case or spacing around punctuation (llmlingua's) compare fairly.
+    """
+    words = normalise(original).split()
+    kept = normalise(compressed).split()
+    mask = [False] * len(words)
+    j = 0
+    for i, word in enumerate(words):
+        if j < len(kept) and word == kept[j]:
+            mask[i] = True
+            j += 1
+    return mask
+
+
+# ---------------------------------------------------------------- local LLM (QA and question writing)
+
+
+class LocalLM:
+    """A local instruct model from ``bench/models.py``, greedy decoding."""
+
+    def __init__(self, name: str) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = bench_models.model_dir(name)
+        if not (path / "config.json").is_file():
+            raise SystemExit(f"the bench model {name!r} is missing: run make bench-models")
+        self.name = name
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self.model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.bfloat16)
+        self.model.eval()
+
+    def chat(self, system: str, user: str, max_new_tokens: int) -> str:
+        import torch
+
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = self.tokenizer(prompt, return_tensors="pt")
+        with torch.no_grad():
+            out = self.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+        return self.tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+QA_SYSTEM = "Answer the question using the context. Reply with only the answer: a short phrase, no sentence."
+
+
+def answer(lm: LocalLM, context: str, question: str) -> str:
+    return lm.chat(QA_SYSTEM, f"Context:\n{context}\n\nQuestion: {question}", max_new_tokens=24)
+
+
+# ---------------------------------------------------------------- building the evaluation set
+
+# One fact is written into each held-out passage (a needle among real text):
+# (fact sentence, question, answer) templates; the slots are filled from the
+# word lists below with a seeded generator. Answers are ordinary words and
+# names (no numbers, IDs or quoted strings, which thrifty always keeps).
+TEMPLATES = (
+    ("The {project} project is maintained by {person}.", "Who maintains the {project} project?", "{person}"),
+    ("Last spring the {project} team moved its build servers to {city}.",
+     "Where did the {project} team move its build servers?", "{city}"),
+    ("The logo of the {project} toolkit is a {colour} {animal}.",
+     "What animal is in the logo of the {project} toolkit?", "{animal}"),
+    ("The first version of {project} was written in {language} by a student in {city}.",
+     "In which language was the first version of {project} written?", "{language}"),
+    ("Every release of {project} is named after a {kind}; the next one is called {codename}.",
+     "What is the next release of {project} called?", "{codename}"),
+    ("{person} designed the caching layer of {project}, which keeps its entries in {store}.",
+     "Where does the caching layer of {project} keep its entries?", "{store}"),
+    ("The {project} documentation recommends {editor} as the editor for new contributors.",
+     "Which editor does the {project} documentation recommend for new contributors?", "{editor}"),
+    ("In {project}, the scheduler was rewritten by {person} after a long outage.",
+     "Who rewrote the scheduler in {project}?", "{person}"),
+)
+SLOTS = {
+    "project": ["Orion", "Bramble", "Kestrel", "Marlow", "Quill", "Tamarack", "Vesper", "Halcyon", "Juniper",
+                "Larkspur", "Meridian", "Nimbus", "Pellucid", "Sorrel", "Thistle", "Wicklow"],
+    "person": ["Maria Chen", "Tomas Eriksen", "Aisha Okafor", "Lena Brandt", "Rafael Souza", "Yuki Tanaka",
+               "Olivia Hart", "Samir Haddad", "Greta Lindqvist", "Daniel Moreau", "Priya Raman", "Ivan Petrov"],
+    "city": ["Lisbon", "Tallinn", "Montreal", "Osaka", "Valencia", "Nairobi", "Krakow", "Adelaide", "Bergen",
+             "Porto", "Ljubljana", "Santiago"],
+    "colour": ["green", "orange", "purple", "silver", "crimson", "yellow"],
+    "animal": ["heron", "badger", "otter", "falcon", "tortoise", "lynx", "beaver", "octopus", "pelican"],
+    "language": ["Haskell", "Fortran", "Pascal", "OCaml", "Erlang", "Smalltalk", "Lua", "Perl"],
+    "kind": ["mountain", "river", "star", "tree"],
+    "codename": ["Aconcagua", "Danube", "Betelgeuse", "Sequoia", "Matterhorn", "Orinoco", "Rigel", "Baobab"],
+    "store": ["a ring buffer", "shared memory", "a sorted skiplist", "a trie", "a write-ahead log"],
+    "editor": ["Emacs", "Vim", "Kate", "Helix", "Geany", "Nano"],
+}
+
+
+def make_question(passage: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """Write one templated fact into ``passage`` at a sentence boundary; return the QA item."""
+    fact, question, gold = rng.choice(TEMPLATES)
+    values = {slot: rng.choice(options) for slot, options in SLOTS.items()}
+    fact, question, gold = (t.format(**values) for t in (fact, question, gold))
+    text = passage["text"]
+    cuts = [m.end() for m in re.finditer(r"[.!?] (?=[A-Z])", text)]
+    cut = rng.choice(cuts) if cuts else len(text)
+    body = f"{text[:cut].rstrip()} {fact} {text[cut:].lstrip()}".strip()
+    return {"id": passage["id"], "doc": passage["doc"], "passage": body, "question": question, "answer": gold}
+
+
+def build_eval(args: argparse.Namespace) -> None:
+    from thrifty.compressors import _data
+
+    held = _data.read_jsonl(Path(args.work) / "heldout.jsonl")
+    held.sort(key=lambda p: p["id"])
+    rng = random.Random(args.seed)
+    rng.shuffle(held)
+    rows: list[dict[str, Any]] = []
+    per_doc: dict[str, int] = {}
+    for passage in held:
+        if len(rows) >= args.size:
+            break
+        if per_doc.get(passage["doc"], 0) >= 2 or not 100 <= len(passage["text"].split()) <= 300:
+            continue
+        per_doc[passage["doc"]] = per_doc.get(passage["doc"], 0) + 1
+        row = make_question(passage, rng)
+        if row["answer"] in row["passage"] and not contains(row["question"], row["answer"]):
+            rows.append(row)
+    EVAL_PATH.parent.mkdir(parents=True, exist_ok=True)
+    with EVAL_PATH.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    heldout = Path(args.work) / "heldout.jsonl"
+    meta = {
+        "command": f"python bench/compression.py build-eval --size {args.size} --seed {args.seed}",
+        "source": "held-out passages of python -m thrifty.compressors.train corpus (documents not used in training)",
+        "heldout_sha256": hashlib.sha256(heldout.read_bytes()).hexdigest(),
+        "eval_sha256": hashlib.sha256(EVAL_PATH.read_bytes()).hexdigest(),
+        "questions": len(rows),
+    }
+    EVAL_PATH.with_suffix(".meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {len(rows)} questions to {EVAL_PATH}")
+
+
+# ---------------------------------------------------------------- compressors
+
+
+@contextlib.contextmanager
+def tiktoken_cache() -> Iterator[None]:
+    """Seed a private tiktoken cache with cl100k_base from bpe-openai (llmlingua loads it at start-up)."""
+    from thrifty.ledger.tokens import _bpe_openai_data_dir
+
+    tmp = Path(tempfile.mkdtemp(prefix="thrifty-tiktoken-"))
+    url = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+    data = gzip.decompress((_bpe_openai_data_dir() / "cl100k_base.tiktoken.gz").read_bytes())
+    (tmp / hashlib.sha1(url.encode()).hexdigest()).write_bytes(data)
+    old = os.environ.get("TIKTOKEN_CACHE_DIR")
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(tmp)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TIKTOKEN_CACHE_DIR", None)
+        else:
+            os.environ["TIKTOKEN_CACHE_DIR"] = old
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def full_model_dir(weights: Path, target: Path) -> Path:
+    """A complete token-classification model directory: the base encoder with thrifty's delta applied.
+
+    The directory name contains ``bert-base-multilingual-cased`` because
+    llmlingua picks its word-merging rule (WordPiece ``##`` pieces) by that substring.
+    """
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from thrifty.compressors.train import LABELS, base_dir
+
+    out = target / "bert-base-multilingual-cased-thrifty"
+    out.mkdir(parents=True, exist_ok=True)
+    model = AutoModelForTokenClassification.from_pretrained(
+        str(base_dir()), local_files_only=True, num_labels=2,
+        id2label=dict(enumerate(LABELS)), label2id={k: i for i, k in enumerate(LABELS)},
+    )
+    delta = load_file(str(weights / "delta.safetensors"))
+    state = model.state_dict()
+    for name, tensor in delta.items():
+        state[name] = tensor.to(torch.float32)
+    model.load_state_dict(state)
+    model.save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(base_dir()), local_files_only=True).save_pretrained(str(out))
+    return out
+
+
+Compress = Callable[[str, float], str]
+
+
+def random_drop(seed: int) -> Compress:
+    def run(text: str, rate: float) -> str:
+        words = text.split()
+        rng = random.Random(f"{seed}:{hashlib.sha256(text.encode()).hexdigest()}:{rate}")
+        keep = set(rng.sample(range(len(words)), max(1, round(rate * len(words)))))
+        return " ".join(w for i, w in enumerate(words) if i in keep)
+
+    return run
+
+
+def thrifty_compressor(mode: str) -> Any:
+    """thrifty's compressor in ``mode`` on its shipped weights, or None when the runtime is missing."""
+    try:
+        from thrifty.compressors import Compressor
+    except ImportError:
+        return None
+    return Compressor.load(mode=mode)
+
+
+def as_function(compressor: Any) -> Compress:
+    def run(text: str, rate: float) -> str:
+        return compressor.compress(text, rate=rate).text
+
+    return run
+
+
+def llmlingua2(model_dir: Path) -> Compress:
+    from llmlingua import PromptCompressor
+
+    pc = PromptCompressor(model_name=str(model_dir), use_llmlingua2=True, device_map="cpu")
+
+    def run(text: str, rate: float) -> str:
+        return pc.compress_prompt(text, rate=rate, use_context_level_filter=False)["compressed_prompt"]
+
+    return run
+
+
+class _LegacyCacheModel:
+    """A causal LM that takes and returns key/value caches as lists of ``[key, value]`` pairs.
+
+    llmlingua 0.2.2's LLMLingua-1 path slices caches that way; transformers 5
+    passes ``Cache`` objects. This adapter converts both ways and forwards
+    everything else to the model.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def __call__(self, *args: Any, past_key_values: Any = None, **kwargs: Any) -> Any:
+        from types import SimpleNamespace
+
+        from transformers import DynamicCache
+
+        if past_key_values is not None and not hasattr(past_key_values, "layers"):
+            past_key_values = DynamicCache(ddp_cache_data=[(k, v) for k, v in past_key_values])
+        out = self._model(*args, past_key_values=past_key_values, **kwargs)
+        cache = getattr(out, "past_key_values", None)
+        legacy = None if cache is None else [[k, v] for k, v, *_ in cache]
+        return SimpleNamespace(logits=out.logits, past_key_values=legacy)
+
+
+def llmlingua1(lm_dir: Path) -> Compress:
+    from llmlingua import PromptCompressor
+
+    pc = PromptCompressor(model_name=str(lm_dir), device_map="cpu")
+    pc.model = _LegacyCacheModel(pc.model)
+
+    def run(text: str, rate: float) -> str:
+        return pc.compress_prompt(
+            [text], rate=rate, use_sentence_level_filter=False, use_context_level_filter=False,
+            use_token_level_filter=True,
+        )["compressed_prompt"]
+
+    return run
+
+
+# ---------------------------------------------------------------- teachers
+
+
+def compare_teachers(args: argparse.Namespace) -> None:
+    """Each teacher used directly as the compressor on the evaluation set: answer-span survival per rate."""
+    import torch
+
+    from thrifty.compressors import _data, train
+
+    torch.set_num_threads(args.threads)
+    rows = [json.loads(line) for line in EVAL_PATH.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if args.limit:
+        rows = rows[: args.limit]
+    tokenizer = train._tokenizer()
+    out: dict[str, Any] = {}
+    teachers = {"smollm2-135m": "smollm2-135m", "qwen-0.5b": str(bench_models.model_dir("qwen-0.5b"))}
+    for label, name in teachers.items():
+        model, lm_tokenizer = train.load_teacher(name)
+        started = time.perf_counter()
+        scored = []
+        for r in rows:
+            spans = _data.word_spans(tokenizer, r["passage"], 10**6)
+            token_spans, token_scores = _data.token_surprisal(model, lm_tokenizer, r["passage"])
+            scored.append((spans, token_spans, token_scores))
+        seconds = time.perf_counter() - started
+        entry: dict[str, Any] = {"seconds_per_passage": round(seconds / len(rows), 3)}
+        for rate in RATES:
+            hits = 0
+            for r, (spans, token_spans, token_scores) in zip(rows, scored, strict=True):
+                _, labels = _data.label_words(spans, token_spans, token_scores, keep_rate=rate, text=r["passage"])
+                text = " ".join(r["passage"][s:e] for (s, e), k in zip(spans, labels, strict=True) if k)
+                hits += contains(text, r["answer"])
+            entry[f"span_survival@{rate}"] = round(hits / len(rows), 3)
+        out[label] = entry
+        print(label, json.dumps(entry), flush=True)
+        del model
+    path = RESULTS.with_name("compression_teachers.json")
+    path.write_text(json.dumps({"questions": len(rows), "teachers": out}, indent=2) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------- the run
+
+
+def speed_prompt(rows: list[dict[str, Any]], target_tokens: int = 10_000) -> str:
+    from thrifty.compressors import _data
+
+    held = _data.read_jsonl(WORK / "heldout.jsonl") if (WORK / "heldout.jsonl").is_file() else []
+    texts = [r["passage"] for r in rows] + [p["text"] for p in held]
+    out: list[str] = []
+    total = 0
+    for text in texts:
+        if total >= target_tokens:
+            break
+        out.append(text)
+        total += count_tokens(text) + 1
+    return "\n\n".join(out)
+
+
+def time_per_1k(fn: Compress, text: str, tokens: int, repeats: int) -> float:
+    """Best of ``repeats`` runs, in ms per 1k tokens; each run's text differs (thrifty caches by content)."""
+    fn(text[:2000], 0.5)  # warm-up
+    times = []
+    for i in range(repeats):
+        variant = f"{text}\n\nRun {i}."
+        started = time.perf_counter()
+        fn(variant, 0.5)
+        times.append(time.perf_counter() - started)
+    return min(times) * 1000 / (tokens / 1000)
+
+
+def agreement(exact: Any, fast: Any, text: str) -> float:
+    """Share of words with the same keep decision in thrifty's exact and fast modes."""
+    a = exact.keep_decisions(text, 0.5).keep
+    b = fast.keep_decisions(text, 0.5).keep
+    if len(a) != len(b):
+        ma = keep_mask(text, exact.compress(text, rate=0.5).text)
+        mb = keep_mask(text, fast.compress(text, rate=0.5).text)
+        return sum(x == y for x, y in zip(ma, mb, strict=True)) / len(ma)
+    return float((a == b).mean())
+
+
+ALL_METHODS = ("thrifty-exact", "thrifty-fast", "llmlingua2-thrifty-weights", "random", "llmlingua1-smollm2")
+
+
+def load_methods(names: list[str], seed: int, tmp: Path) -> tuple[dict[str, Compress], dict[str, Any], dict[str, str]]:
+    methods: dict[str, Compress] = {}
+    runtimes: dict[str, Any] = {}
+    notes: dict[str, str] = {}
+    for name in names:
+        if name.startswith("thrifty-"):
+            mode = name.removeprefix("thrifty-")
+            compressor = thrifty_compressor(mode)
+            if compressor is None:
+                notes[name] = "thrifty.compressors.Compressor is not available"
+                continue
+            runtimes[mode] = compressor
+            methods[name] = as_function(compressor)
+        elif name == "llmlingua2-thrifty-weights":
+            weights = ROOT / "thrifty" / "compressors" / "weights" / "minilm-keep-v1"
+            methods[name] = llmlingua2(full_model_dir(weights, tmp))
+        elif name == "random":
+            methods[name] = random_drop(seed)
+        elif name == "llmlingua1-smollm2":
+            from thrifty.compressors.train import teacher_dir
+
+            methods[name] = llmlingua1(teacher_dir("smollm2-135m"))
+    return methods, runtimes, notes
+
+
+class AnswerCache:
+    """The QA model's answers by (model, context, question), kept across runs in one JSON file."""
+
+    def __init__(self, lm: LocalLM) -> None:
+        self.lm = lm
+        self.path = bench_models.cache_root() / f"qa-answers-{lm.name}.json"
+        self.data: dict[str, str] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def __call__(self, context: str, question: str) -> str:
+        key = hashlib.sha256(f"{QA_SYSTEM}\0{context}\0{question}".encode()).hexdigest()
+        if key not in self.data:
+            self.data[key] = answer(self.lm, context, question)
+            on_disk = json.loads(self.path.read_text()) if self.path.is_file() else {}
+            self.path.write_text(json.dumps({**on_disk, **self.data}))  # another run may share the file
+        return self.data[key]
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    rows = [json.loads(line) for line in EVAL_PATH.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if args.limit:
+        rows = rows[: args.limit]
+    names = args.methods.split(",") if args.methods else list(ALL_METHODS)
+    tmp = Path(tempfile.mkdtemp(prefix="thrifty-bench-compression-"))
+    speed: dict[str, float] = {}
+    speed_tokens = 0
+    agree: float | None = None
+    try:
+        with tiktoken_cache():
+            methods, runtimes, notes = load_methods(names, args.seed, tmp)
+            if not args.no_speed:
+                text = speed_prompt(rows)
+                tokens = speed_tokens = count_tokens(text)
+                for name in ("thrifty-exact", "thrifty-fast", "llmlingua2-thrifty-weights"):
+                    if name in methods:
+                        speed[name] = round(time_per_1k(methods[name], text, tokens, args.repeats), 1)
+                if len(runtimes) == 2:
+                    agree = agreement(runtimes["exact"], runtimes["fast"], text)
+                print(f"speed on a {tokens}-token prompt (ms per 1k tokens): {speed}", file=sys.stderr)
+            compressed: dict[str, dict[float, list[str]]] = {}
+            for name, fn in methods.items():
+                compressed[name] = {rate: [fn(r["passage"], rate) for r in rows] for rate in RATES}
+                print(f"compressed with {name}", file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ask = AnswerCache(LocalLM(args.qa_model)) if args.qa_limit else None
+    qa_rows = rows[: args.qa_limit]
+    qa_methods = set(args.qa_methods.split(",")) if args.qa_methods else set(compressed)
+    table: list[dict[str, Any]] = []
+    if ask is not None and (not args.qa_methods or "original" in qa_methods):
+        correct = [contains(ask(r["passage"], r["question"]), r["answer"]) for r in qa_rows]
+        table.append({"method": "original", "rate": 1.0, "achieved_rate": 1.0, "span_survival": 1.0,
+                      "accuracy": round(sum(correct) / len(qa_rows), 3), "qa_questions": len(qa_rows)})
+        print(json.dumps(table[-1]), file=sys.stderr, flush=True)
+    for name, by_rate in compressed.items():
+        for rate, texts in by_rate.items():
+            achieved = statistics.mean(
+                count_tokens(t) / max(1, count_tokens(r["passage"])) for t, r in zip(texts, rows, strict=True)
+            )
+            survival = sum(contains(t, r["answer"]) for t, r in zip(texts, rows, strict=True)) / len(rows)
+            entry: dict[str, Any] = {"method": name, "rate": rate, "achieved_rate": round(achieved, 3),
+                                     "span_survival": round(survival, 3), "questions": len(rows)}
+            if ask is not None and name in qa_methods:
+                pairs = zip(texts[: len(qa_rows)], qa_rows, strict=True)
+                hits = [contains(ask(t, r["question"]), r["answer"]) for t, r in pairs]
+                entry["accuracy"] = round(sum(hits) / len(qa_rows), 3)
+                entry["qa_questions"] = len(qa_rows)
+            table.append(entry)
+            print(json.dumps(entry), file=sys.stderr, flush=True)
+    command = "python bench/compression.py run " + " ".join(sys.argv[2:] if argv_is_cli() else [])
+    result = merge_results(table, speed, speed_tokens, agree, notes, args, command)
+    print_table(result)
+
+
+def argv_is_cli() -> bool:
+    return len(sys.argv) > 1 and sys.argv[1] == "run"
+
+
+def merge_results(table: list[dict[str, Any]], speed: dict[str, float], speed_tokens: int, agree: float | None,
+                  notes: dict[str, str], args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """Fold this run's rows into bench/results/compression.json (rows replaced by method and rate)."""
+    old = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.is_file() and not args.fresh else {}
+    previous = {(r["method"], r["rate"]): r for r in old.get("rows", [])}
+    for row in table:
+        row["command"] = command
+        before = previous.get((row["method"], row["rate"]))
+        if before is not None and "accuracy" not in row and "accuracy" in before:
+            # a run without QA for this method keeps the QA figures measured before
+            row.update({k: before[k] for k in ("accuracy", "qa_questions")})
+            row["command"] = f"{command}; QA: {before['command']}"
+    keep = [r for r in old.get("rows", []) if (r["method"], r["rate"]) not in {(t["method"], t["rate"]) for t in table}]
+    result = {
+        "eval_set": str(EVAL_PATH.relative_to(ROOT)),
+        "qa_model": args.qa_model,
+        "threads": args.threads,
+        "rows": keep + table,
+        "speed_ms_per_1k_tokens": speed or old.get("speed_ms_per_1k_tokens", {}),
+        "speed_prompt_tokens": speed_tokens or old.get("speed_prompt_tokens", 0),
+        "speed_command": command if speed else old.get("speed_command"),
+        "fast_vs_exact_keep_agreement": agree if agree is not None else old.get("fast_vs_exact_keep_agreement"),
+        "notes": {**old.get("notes", {}), **notes},
+    }
+    order = {m: i for i, m in enumerate(("original", *ALL_METHODS))}
+    result["rows"].sort(key=lambda r: (order.get(r["method"], 99), -r["rate"]))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(f"\nQA model {result['qa_model']}")
+    print(f"{'method':<28}{'rate':>6}{'achieved':>10}{'span kept':>11}{'n':>5}{'QA acc':>8}{'QA n':>6}")
+    for row in result["rows"]:
+        acc = f"{row['accuracy']:.3f}" if "accuracy" in row else "-"
+        print(f"{row['method']:<28}{row['rate']:>6.2f}{row['achieved_rate']:>10.3f}{row['span_survival']:>11.3f}"
+              f"{row.get('questions', '-'):>5}{acc:>8}{row.get('qa_questions', '-'):>6}")
+    for name, ms in result["speed_ms_per_1k_tokens"].items():
+        print(f"speed {name:<28}{ms:>8.1f} ms / 1k tokens ({result['speed_prompt_tokens']}-token prompt)")
+    if result["fast_vs_exact_keep_agreement"] is not None:
+        print(f"keep-decision agreement fast vs exact: {result['fast_vs_exact_keep_agreement']:.4f}")
+    for name, note in result["notes"].items():
+        print(f"note: {name}: {note}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build-eval", help="build bench/data/compression_qa.jsonl")
+    b.add_argument("--work", default=str(WORK))
+    b.add_argument("--size", type=int, default=80)
+    b.add_argument("--seed", type=int, default=0)
+    t = sub.add_parser("teachers", help="compare teacher labelings by answer-span survival")
+    t.add_argument("--limit", type=int, default=0)
+    t.add_argument("--threads", type=int, default=2)
+    r = sub.add_parser("run", help="run the benchmark")
+    r.add_argument("--qa-model", default=QA_MODEL, choices=sorted(bench_models.MODELS))
+    r.add_argument("--limit", type=int, default=0)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--repeats", type=int, default=3)
+    r.add_argument("--qa-limit", type=int, default=40, help="questions the QA model answers (0: no QA)")
+    r.add_argument("--qa-methods", default="", help="comma-separated methods to run QA on, 'original' for the uncompressed passages "
+                   "(default: all)")
+    r.add_argument("--no-speed", action="store_true")
+    r.add_argument("--methods", default="", help=f"comma-separated, from {','.join(ALL_METHODS)} (default: all)")
+    r.add_argument("--fresh", action="store_true", help="replace bench/results/compression.json instead of merging")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.command == "build-eval":
+        import torch
+
+        torch.set_num_threads(2)
+        build_eval(args)
+    elif args.command == "teachers":
+        compare_teachers(args)
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()

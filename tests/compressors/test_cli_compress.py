@@ -1,0 +1,60 @@
+"""``thrifty compress FILE``."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from tests.compressors.conftest import PASSAGE
+from thrifty.cli import main
+
+
+def run(*args: str, input: bytes | None = None):
+    return CliRunner().invoke(main, ["compress", *args], input=input, catch_exceptions=False)
+
+
+def test_compresses_a_file_to_a_file(tmp_path, weights):
+    src = tmp_path / "in.txt"
+    src.write_text(PASSAGE * 3, encoding="utf-8")
+    out = tmp_path / "out.txt"
+    result = run(str(src), "--rate", "0.4", "--mode", "exact", "--model", str(weights), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    text = out.read_text(encoding="utf-8")
+    assert 0 < len(text) < 0.8 * len(PASSAGE * 3)
+    assert "in.txt:" in result.stderr and "tokens" in result.stderr
+
+
+def test_malformed_utf8_bytes_come_back_unchanged(tmp_path, weights):
+    src = tmp_path / "bad.txt"
+    src.write_bytes(b"Order ABC-12\xff\xfe3 shipped on 2024-01-02. " + PASSAGE.encode() * 2)
+    result = run(str(src), "--model", str(weights), "-q")
+    assert result.exit_code == 0, result.output
+    assert b"ABC-12\xff\xfe3" in result.stdout_bytes and b"2024-01-02" in result.stdout_bytes
+
+
+def test_stdin_and_empty_input(weights):
+    result = run("-", "--model", str(weights), "-q", input=b"   \n")
+    assert result.exit_code == 0 and result.stdout_bytes == b"   \n"
+
+
+def test_errors_name_the_file(tmp_path, weights):
+    missing = run(str(tmp_path / "nope.txt"), "--model", str(weights))
+    assert missing.exit_code != 0 and "nope.txt" in missing.output
+    binary = tmp_path / "image.png"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    result = run(str(binary), "--model", str(weights))
+    assert result.exit_code == 1 and "image.png" in result.output and "binary" in result.output
+    no_model = run(str(binary.with_name("x.txt")), "--model", str(tmp_path))
+    assert no_model.exit_code != 0
+    (tmp_path / "t.txt").write_text("hello")
+    bad = run(str(tmp_path / "t.txt"), "--model", str(tmp_path))
+    assert bad.exit_code == 1 and "t.txt" in bad.output and "manifest" in bad.output
+    assert run(str(tmp_path / "t.txt"), "--rate", "0").exit_code == 2
+    assert run(str(tmp_path / "t.txt"), "--protect", "(").exit_code == 2
+
+
+def test_progress_bar_on_large_input(tmp_path, weights):
+    src = tmp_path / "big.txt"
+    src.write_text(PASSAGE * 60, encoding="utf-8")
+    result = run(str(src), "--model", str(weights), "-o", str(tmp_path / "o.txt"))
+    assert result.exit_code == 0, result.output
+    assert "compressing" in result.stderr

@@ -1,0 +1,155 @@
+"""The built-in compressor on real text, with a real MiniLM encoder (an untrained, seeded head)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import thrifty
+from tests.compressors.conftest import PASSAGE
+from thrifty.errors import InvalidRequestError, LocalModelError
+
+
+def _in_order(original: str, output: str) -> bool:
+    """The output's characters, whitespace aside, are a subsequence of the original's."""
+    chars = iter("".join(original.split()))
+    return all(c in chars for c in "".join(output.split()))
+
+
+def test_compresses_to_about_the_rate_from_the_original_characters(exact):
+    text = PASSAGE * 3
+    result = exact.compress(text, 0.5, protect=False)
+    assert 0.35 < result.achieved_rate < 0.7
+    assert result.tokens_after < result.tokens_before
+    assert result.compressor == "llmlingua2" and result.mode == "exact" and result.version == "test-random-head@0"
+    assert _in_order(text, result.text)
+    assert result.words_kept < result.words_total
+
+
+def test_lower_rate_keeps_less(exact):
+    text = PASSAGE * 2
+    assert exact.compress(text, 0.33).tokens_after < exact.compress(text, 0.6).tokens_after
+
+
+@pytest.mark.parametrize("text", ["", " ", "\n\t  \n"])
+def test_empty_and_whitespace_pass_through(exact, text):
+    result = exact.compress(text, 0.5)
+    assert result.text == text and result.skipped == "empty" and result.tokens_saved == 0
+
+
+def test_a_text_that_would_vanish_is_left_alone(exact):
+    result = exact.compress("x", 0.5)
+    assert result.text == "x" and result.skipped == "short"
+
+
+def test_rate_one_is_unchanged_and_bad_rates_are_refused(exact):
+    assert exact.compress(PASSAGE, 1.0).text == PASSAGE
+    for bad in (0, -0.5, 1.5, float("nan"), "half"):
+        with pytest.raises(InvalidRequestError):
+            exact.compress(PASSAGE, bad)
+
+
+def test_deterministic_and_cached(exact):
+    first = exact.compress(PASSAGE * 2, 0.4)
+    assert exact.compress(PASSAGE * 2, 0.4) is first  # the LRU
+    exact._cache.clear()
+    assert exact.compress(PASSAGE * 2, 0.4).text == first.text
+
+
+@pytest.mark.parametrize("text", [
+    "Les enfants jouaient dans le jardin pendant que leurs parents préparaient le dîner. Ça sentait très bon. " * 3,
+    "東京は日本の首都です。多くの人が毎日電車で通勤しています。天気が良い日には富士山が見えます。" * 3,
+    "Привет, мир! Это пример текста на русском языке, с разными словами. " * 3 + " 😀🎉👍🏽 emoji " * 5,
+    "Mixed: English, Ελληνικά, עברית, العربية, हिन्दी and 한국어 in one sentence, cafe\u0301 decomposed. " * 3,
+])
+def test_other_scripts_and_emoji_are_never_mangled(exact, text):
+    out = exact.compress(text, 0.5).text
+    assert out and "\ufffd" not in out and "[UNK]" not in out and "##" not in out
+    assert _in_order(text, out)
+    # every character of the output is in the original, with its combining marks
+    assert set(out) <= set(text) | {" ", "\n"}
+    if "\u0301" in text:
+        assert out.count("\u0301") == out.count("cafe\u0301") or "cafe" not in out
+
+
+def test_malformed_unicode_survives(exact):
+    text = ("Some text with a broken byte \udcff here and more words to compress away. " * 4)
+    out = exact.compress(text, 0.5).text
+    assert "\udcff" in out or "broken" not in out
+    out.encode("utf-8", "surrogateescape")  # writable back as the original bytes
+
+
+def test_progress_reports_every_chunk(exact):
+    seen = []
+    exact.compress(PASSAGE * 12, 0.5, progress=lambda done, total: seen.append((done, total)))
+    assert seen and seen[-1][0] == seen[-1][1] > 1000 and [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_keep_decisions_match_the_text(exact):
+    d = exact.keep_decisions(PASSAGE, 0.5)
+    assert len(d.words) == len(d.keep) == len(d.probs) > 50
+    assert 0.3 < d.keep.mean() < 0.7
+    for word, s, e in zip(d.words[:30], d.starts[:30], d.ends[:30], strict=True):
+        assert PASSAGE[s:e].lower() == word
+
+
+def test_fast_agrees_with_exact(exact, fast):
+    text = PASSAGE * 4
+    a, b = exact.keep_decisions(text, 0.5), fast.keep_decisions(text, 0.5)
+    assert a.words == b.words
+    assert np.mean(a.keep == b.keep) >= 0.9
+    assert fast.compress(text, 0.5).mode == "fast"
+
+
+def test_public_function_and_registry(weights):
+    result = thrifty.compress(PASSAGE, rate=0.5, mode="exact", model=str(weights))
+    assert isinstance(result, thrifty.CompressResult) and result.tokens_after < result.tokens_before
+    from thrifty.compressors import compressor_names, load_compressor, register_compressor
+
+    class Upper:
+        name, version, mode = "upper", "1", "fast"
+
+        def compress(self, text, rate=0.5, **kw):
+            return thrifty.CompressResult(text.upper(), 1, 1, rate, self.name, self.version, self.mode, 0.0)
+
+    register_compressor("upper", lambda mode, model: Upper())
+    assert "upper" in compressor_names() and "llmlingua2" in compressor_names()
+    assert load_compressor("upper").compress("abc").text == "ABC"
+    with pytest.raises(InvalidRequestError, match="unknown compressor"):
+        load_compressor("nope")
+
+
+def test_missing_or_tampered_weights_are_clear_errors(tmp_path, weights):
+    from thrifty.compressors.lingua import Compressor
+
+    with pytest.raises(LocalModelError, match="not a directory"):
+        Compressor.load("exact", str(tmp_path / "absent"))
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(weights, bad)
+    (bad / "delta.safetensors").write_bytes((bad / "delta.safetensors").read_bytes()[:-4] + b"0000")
+    with pytest.raises(LocalModelError, match="SHA-256"):
+        Compressor.load("exact", str(bad))
+    with pytest.raises(InvalidRequestError, match="mode"):
+        Compressor.load("turbo", str(weights))
+
+
+def test_a_transformers_directory_is_a_model(tmp_path, weights, exact):
+    from tests.compressors.weights_support import export_transformers
+    from thrifty.compressors.lingua import Compressor
+
+    folder = export_transformers(weights, tmp_path / "plain")
+    plain = Compressor.load("exact", str(folder))
+    assert plain.compress(PASSAGE, 0.5, protect=False).text == exact.compress(PASSAGE, 0.5, protect=False).text
+
+
+@pytest.mark.slow
+def test_a_100k_token_document(fast):
+    words = re.findall(r"\w+|[^\w\s]", PASSAGE)
+    rng = np.random.default_rng(0)
+    text = " ".join(rng.choice(words, size=80_000).tolist())
+    result = fast.compress(text, 0.5)
+    assert result.tokens_before > 80_000 and result.tokens_after < 0.7 * result.tokens_before

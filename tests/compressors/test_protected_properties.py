@@ -1,0 +1,80 @@
+"""Property tests: protected spans survive byte-for-byte, and the output is a subsequence of the input."""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from thrifty.compressors.protect import protected_spans
+
+FILLER = st.sampled_from(
+    "the a committee met on tuesday to review budget for coming year members discussed rising cost of "
+    "maintenance old library building which has needed repairs roof and heating system several winters "
+    "after long debate they agreed ask city council additional funding".split()
+)
+PUNCT = st.sampled_from(["", "", "", ",", ".", ";", ":", "!", "?"])
+
+PROTECTED = st.one_of(
+    st.integers(-10**9, 10**9).map(str),
+    st.floats(0, 1e6, allow_nan=False).map(lambda f: f"{f:.3f}"),
+    st.from_regex(r"[A-Z]{2,4}-[0-9]{2,6}", fullmatch=True),
+    st.uuids().map(str),
+    st.from_regex(r"https://[a-z]{3,8}\.(com|org)/[a-z0-9]{1,8}\?q=[0-9]{1,3}", fullmatch=True),
+    st.from_regex(r"[a-z]{2,6}\.[a-z]{2,6}@[a-z]{3,6}\.(com|net)", fullmatch=True),
+    st.dates().map(lambda d: d.isoformat()),
+    st.text(st.characters(codec="utf-8", exclude_characters='"\n\r\x00'), min_size=1, max_size=20)
+    .filter(lambda s: s.strip() == s and s).map(lambda s: f'"{s}"'),
+    st.from_regex(r"[a-z]{1,6}\([a-z]{0,3}\) \+ [0-9]", fullmatch=True).map(lambda c: f"\n```\n{c}\n```\n"),
+    st.dictionaries(st.from_regex(r"[a-z]{1,5}", fullmatch=True), st.integers(0, 99), min_size=1, max_size=3)
+    .map(lambda d: __import__("json").dumps(d)),
+)
+
+
+@st.composite
+def documents(draw: st.DrawFn) -> tuple[str, list[str]]:
+    pieces: list[str] = []
+    kept: list[str] = []
+    for _ in range(draw(st.integers(3, 8))):
+        words = draw(st.lists(FILLER, min_size=4, max_size=25))
+        pieces.append(" ".join(words) + draw(PUNCT))
+        item = draw(PROTECTED)
+        kept.append(item)
+        pieces.append(item)
+    return " ".join(pieces), kept
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(documents(), st.sampled_from([0.33, 0.5, 0.7]))
+def test_protected_spans_survive_byte_for_byte(exact, doc, rate):
+    text, kept = doc
+    out = exact.compress(text, rate).text
+    for item in kept:
+        assert item.strip() in out
+    # words of the output are a subsequence of the input's words
+    words = iter(re.findall(r"\w+", text))
+    assert all(w in words for w in re.findall(r"\w+", out))
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(documents(), st.lists(FILLER, min_size=1, max_size=3))
+def test_force_keep_and_patterns(exact, doc, terms):
+    text, _ = doc
+    out = exact.compress(text, 0.33, force_keep=terms, patterns=[r"\bbudget\b"]).text
+    for term in terms:
+        assert out.count(term) >= text.count(term)
+    assert out.count("budget") == text.count("budget")
+
+
+def test_keep_regions_and_default_kinds_are_found():
+    text = ('Call https://x.org/a?b=1 at 10:30 pm on March 3, 2024; mail bo@ex.org; ID ABC-1234 and v1.2.3; '
+            'uuid 123e4567-e89b-12d3-a456-426614174000, 0xBEEF, $1,234.56, 15%, "quoted   text" and '
+            '<keep>my region</keep>\n\n    indented code\n')
+    found = [text[s:e] for s, e in protected_spans(text)]
+    for item in ("https://x.org/a?b=1", "10:30 pm", "March 3, 2024", "bo@ex.org", "ABC-1234", "v1.2.3",
+                 "123e4567-e89b-12d3-a456-426614174000", "0xBEEF", "$1,234.56", "15%", '"quoted   text"',
+                 "<keep>my region</keep>", "    indented code\n"):
+        assert item in found, item
+    assert protected_spans("plain words only here", defaults=True) == []
+    assert protected_spans("call 555 now", defaults=False) == []

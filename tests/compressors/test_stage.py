@@ -1,0 +1,212 @@
+"""The compression stage end to end: wrapped SDK clients and the proxy, a real ledger, a real encoder."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import anthropic
+import httpx2
+import openai
+import pytest
+import sqlalchemy as sa
+
+import thrifty
+from tests.compressors.conftest import PASSAGE
+from tests.middleware.conftest import make_settings
+from thrifty import Engine
+from thrifty.testing import CannedUpstream
+
+LONG = PASSAGE * 3
+SYSTEM = "You are a careful assistant. " + PASSAGE
+
+
+def _engine(tmp_path: Path, upstream: CannedUpstream, weights: Path, **compression: object) -> Engine:
+    return Engine(make_settings(tmp_path / "data", upstream, compression={"model": str(weights), **compression}))
+
+
+@pytest.fixture
+def engine(tmp_path: Path, upstream: CannedUpstream, weights: Path) -> Iterator[Engine]:
+    eng = _engine(tmp_path, upstream, weights)
+    yield eng
+    eng.close()
+
+
+def savings(engine: Engine) -> list[dict]:
+    assert engine.recorder.flush(timeout=10)
+    db = sa.create_engine(engine.settings.ledger_url)
+    try:
+        with db.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT s.*, c.model_used FROM llm_call_savings s JOIN llm_calls c ON c.call_id = s.call_id "
+                "ORDER BY c.started_at")).mappings().all()
+        return [dict(r) for r in rows]
+    finally:
+        db.dispose()
+
+
+def oai(engine: Engine, upstream: CannedUpstream) -> openai.OpenAI:
+    return thrifty.wrap(openai.OpenAI(api_key="sk-test", base_url=upstream.url, max_retries=0), engine=engine)
+
+
+def _sent_texts(upstream: CannedUpstream) -> list[str]:
+    body = upstream.requests[-1]["body"]
+    out = []
+    for m in body["messages"]:
+        content = m["content"]
+        out.append(content if isinstance(content, str) else " ".join(b.get("text", "") for b in content))
+    return out
+
+
+def test_wrapper_compresses_user_text_and_records_the_saving(engine, upstream):
+    client = oai(engine, upstream)
+    r = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": LONG}],
+        extra_body={"thrifty": {"compress": {"rate": 0.5, "min_tokens": 50}}},
+    )
+    assert r.choices[0].message.content
+    system, user = _sent_texts(upstream)
+    assert system == SYSTEM  # never the system prompt
+    assert len(user) < 0.8 * len(LONG)
+    [row] = savings(engine)
+    assert row["technique"] == "compression" and row["tokens_after"] < row["tokens_before"]
+    assert row["tokens_saved"] == row["tokens_before"] - row["tokens_after"] > 50
+    assert row["usd_saved"] is not None and row["usd_saved"] > 0  # gpt-4o-mini's input price
+    detail = row["detail"] if isinstance(row["detail"], dict) else json.loads(row["detail"])
+    assert detail["compressor"] == "llmlingua2" and detail["version"] == "test-random-head@0"
+    assert detail["mode"] == "fast" and detail["rate"] == 0.5 and detail["ms"] > 0 and detail["parts"] == 1
+
+
+def test_short_prompts_and_calls_that_do_not_ask_are_untouched(engine, upstream):
+    client = oai(engine, upstream)
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": PASSAGE}],
+                                   extra_body={"thrifty": {"compress": True}})  # below min_tokens (256)
+    assert _sent_texts(upstream) == [PASSAGE]
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": LONG * 2}])
+    assert _sent_texts(upstream) == [LONG * 2]
+    assert savings(engine) == []
+
+
+def test_settings_turn_it_on_and_a_call_turns_it_off(tmp_path, upstream, weights):
+    eng = _engine(tmp_path, upstream, weights, enabled=True, min_tokens=10, rate=0.4)
+    try:
+        client = oai(eng, upstream)
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": LONG}])
+        assert len(_sent_texts(upstream)[0]) < 0.8 * len(LONG)
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": LONG}],
+                                       extra_body={"thrifty": {"compress": False}})
+        assert _sent_texts(upstream) == [LONG]
+        assert len(savings(eng)) == 1
+    finally:
+        eng.close()
+
+
+def test_anthropic_cached_prefix_and_images_are_left_alone(engine, upstream):
+    client = thrifty.wrap(anthropic.Anthropic(api_key="sk-ant", base_url=upstream.base_url, max_retries=0),
+                          engine=engine)
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+    client.messages.create(
+        model="claude-3-5-haiku-latest", max_tokens=50, system=SYSTEM,
+        messages=[
+            {"role": "user", "content": [{"type": "text", "text": LONG, "cache_control": {"type": "ephemeral"}}]},
+            {"role": "assistant", "content": "Noted."},
+            {"role": "user", "content": [image, {"type": "text", "text": LONG}]},
+        ],
+        extra_body={"thrifty": {"compress": {"min_tokens": 50}}},
+    )
+    body = upstream.requests[-1]["body"]
+    first, _, last = body["messages"]
+    assert first["content"][0]["text"] == LONG and first["content"][0]["cache_control"] == {"type": "ephemeral"}
+    assert last["content"][0] == image
+    assert len(last["content"][1]["text"]) < 0.8 * len(LONG)
+    assert body["system"] in (SYSTEM, [{"type": "text", "text": SYSTEM}])
+
+
+async def test_async_wrapper(engine, upstream):
+    client = thrifty.wrap(openai.AsyncOpenAI(api_key="sk-test", base_url=upstream.url, max_retries=0),
+                          engine=engine)
+    await client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": LONG}],
+                                         extra_body={"thrifty": {"compress": {"min_tokens": 50}}})
+    assert len(_sent_texts(upstream)[0]) < 0.8 * len(LONG)
+    assert [r["technique"] for r in savings(engine)] == ["compression"]
+
+
+def test_fail_open_sends_the_call_uncompressed_and_records_why(tmp_path, upstream):
+    eng = _engine(tmp_path, upstream, tmp_path / "no-such-weights")
+    try:
+        r = oai(eng, upstream).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": LONG}],
+            extra_body={"thrifty": {"compress": {"min_tokens": 50}}})
+        assert r.choices[0].message.content
+        assert _sent_texts(upstream) == [LONG]
+        [row] = savings(eng)
+        detail = row["detail"] if isinstance(row["detail"], dict) else json.loads(row["detail"])
+        assert "LocalModelError" in detail["error"] and row["tokens_saved"] == 0
+    finally:
+        eng.close()
+
+
+def test_fail_closed_fails_the_call(tmp_path, upstream):
+    eng = _engine(tmp_path, upstream, tmp_path / "no-such-weights", fail_open=False)
+    try:
+        sent = len(upstream.requests)
+        with pytest.raises(openai.APIStatusError) as info:
+            oai(eng, upstream).chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": LONG}],
+                extra_body={"thrifty": {"compress": {"min_tokens": 50}}})
+        assert info.value.status_code == 503 and "no-such-weights" in str(info.value)
+        assert len(upstream.requests) == sent
+    finally:
+        eng.close()
+
+
+def test_bad_options_are_a_400(engine, upstream):
+    with pytest.raises(openai.BadRequestError, match="compress"):
+        oai(engine, upstream).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+            extra_body={"thrifty": {"compress": {"rate": 2}}})
+    with pytest.raises(openai.BadRequestError, match="regular expression"):
+        oai(engine, upstream).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+            extra_body={"thrifty": {"compress": {"protect": ["(unclosed"]}}})
+
+
+def test_proxy_compresses_and_records(tmp_path, upstream, weights):
+    from tests.middleware.server.conftest import start_proxy
+
+    settings = make_settings(tmp_path / "data", upstream, compression={"model": str(weights)})
+    for proxy in start_proxy(settings):
+        r = httpx2.post(
+            proxy.openai_url + "/chat/completions",
+            json={"model": "openai/gpt-4o-mini", "messages": [{"role": "system", "content": SYSTEM},
+                                                              {"role": "user", "content": LONG}]},
+            headers={"x-thrifty-options": json.dumps({"compress": {"rate": 0.4, "min_tokens": 50}})},
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        system, user = _sent_texts(upstream)
+        assert system == SYSTEM and len(user) < 0.8 * len(LONG)
+        [row] = savings(proxy.engine)
+        assert row["technique"] == "compression" and row["tokens_saved"] > 0
+        bad = httpx2.post(proxy.openai_url + "/chat/completions",
+                          json={"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+                          headers={"x-thrifty-options": json.dumps({"compress": {"rate": 0}})}, timeout=30)
+        assert bad.status_code == 400 and "compress" in bad.text
+
+
+def test_an_alias_can_ask_for_compression(tmp_path, upstream, weights):
+    settings = make_settings(
+        tmp_path / "data", upstream, compression={"model": str(weights)},
+        aliases={"cheap": {"model": "openai/gpt-4o-mini", "options": {"compress": {"rate": 0.4, "min_tokens": 50}}}},
+    )
+    eng = Engine(settings)
+    try:
+        oai(eng, upstream).chat.completions.create(model="cheap", messages=[{"role": "user", "content": LONG}])
+        assert len(_sent_texts(upstream)[0]) < 0.8 * len(LONG)
+        [row] = savings(eng)
+        detail = row["detail"] if isinstance(row["detail"], dict) else json.loads(row["detail"])
+        assert detail["rate"] == 0.4
+    finally:
+        eng.close()

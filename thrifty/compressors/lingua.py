@@ -1,0 +1,493 @@
+"""The built-in compressor: LLMLingua-2's keep/drop token classification, run offline on CPU.
+
+The method (Pan et al., 2024, "LLMLingua-2"), as ``llmlingua``'s
+``compress_prompt_llmlingua2`` applies it, and as this module does:
+
+1. The text is tokenized once (with character offsets) and cut into chunks of
+   at most ``max_seq_len - 2`` tokens, each ending at the last ``.`` token of
+   its window (or, when a window has none, at the last word start in it).
+2. An encoder classifies every token of a chunk: the softmax probability of
+   its ``keep`` class.
+3. A word (a token and the ``##`` pieces that continue it) gets the mean of
+   its tokens' probabilities.
+4. In each chunk, every word is counted as many times as it has
+   ``cl100k_base`` tokens, and the words whose probability is above the
+   ``int(100 * (1 - rate) + 1)``-th percentile of that weighted list are kept,
+   in their original order.
+
+What thrifty adds:
+
+* **Protected spans** (:mod:`thrifty.compressors.protect`) are kept byte-for-byte
+  and left out of the percentile; ``rate`` applies to the rest.
+* **The output is cut from the original text** by character offsets, never
+  detokenized: case, accents, scripts and emoji come back as they were. Two kept
+  words that were neighbours keep the text between them; where words were
+  dropped in between, a single space (or the line breaks there were, up to two)
+  stands in for them, punctuation that followed a word directly stays
+  attached, and scripts written without spaces (Chinese, Japanese, Thai...) get
+  none. Characters the tokenizer ignores travel with the word they touch.
+* **Speed**: chunks run in batches sorted by length and padded only to the
+  longest in their batch (``llmlingua`` pads every chunk to 512), the whole text
+  is tokenized once (``llmlingua`` tokenizes each chunk again from detokenized
+  text), chunks made only of protected spans are not run at all, and the
+  post-processing is vectorised with numpy. Two modes:
+  ``exact`` (float32: the same keep decisions as ``llmlingua`` for the same
+  weights and settings) and ``fast`` (the default: bfloat16 weights).
+* Deterministic, and cached by content hash and settings (a bounded LRU).
+
+Where they differ from ``llmlingua``: a window without a ``.`` is cut at a word
+start (``llmlingua`` may cut inside a word), and tokens the tokenizer cannot
+represent (``[UNK]``) are kept (``llmlingua`` drops them from its output).
+
+Use::
+
+    from thrifty.compressors.lingua import Compressor
+    c = Compressor.load(mode="exact", model="path/to/weights")   # or mode="fast", model=None
+    result = c.compress(text, rate=0.5)            # CompressResult
+    d = c.keep_decisions(text, rate=0.5)           # per-word keep decisions (KeepDecisions)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import string
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from thrifty.compressors.base import CompressResult, Progress
+from thrifty.compressors.model import LoadedModel, load_model
+from thrifty.compressors.protect import merge_spans, protected_spans
+from thrifty.errors import InvalidRequestError
+
+__all__ = ["Compressor", "KeepDecisions"]
+
+MODES = {"fast": "bfloat16", "exact": "float32"}
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_CHUNK_END_TOKENS = (".", "\n")
+_BATCH = 32  # chunks per model run
+
+
+@dataclass(frozen=True, slots=True)
+class KeepDecisions:
+    """The classifier's per-word view of a text: each word as its tokenizer pieces spell it
+    (as ``llmlingua`` lists it), its character span in the text, its keep probability, and
+    whether it is kept. Words that are protected or unknown to the tokenizer are not listed.
+    """
+
+    words: list[str]
+    starts: np.ndarray
+    ends: np.ndarray
+    probs: np.ndarray
+    keep: np.ndarray
+
+
+@dataclass(slots=True)
+class _Analysis:
+    starts: np.ndarray  # word character spans
+    ends: np.ndarray
+    words: list[str]
+    probs: np.ndarray
+    keep: np.ndarray
+    listed: np.ndarray  # bool: neither protected nor opaque
+    spans: list[tuple[int, int]]  # protected spans, widened to whole words
+
+
+class Compressor:
+    """LLMLingua-2's method on a keep/drop token classifier (see the module docstring)."""
+
+    name = "llmlingua2"
+
+    def __init__(self, loaded: LoadedModel, mode: str, *, cache_size: int = 256) -> None:
+        self._m = loaded
+        self.mode = mode
+        self.version = f"{loaded.name}@{loaded.version}"
+        self._cache: OrderedDict[tuple[Any, ...], CompressResult] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self._run_lock = threading.Lock()
+        self._ntok: dict[str, int] = {}
+        self._prepare_vocab()
+
+    @classmethod
+    def load(cls, mode: str = "fast", model: str | None = None) -> Compressor:
+        """A compressor in ``mode`` (``"fast"`` or ``"exact"``) on ``model`` (default: thrifty's weights)."""
+        if mode not in MODES:
+            raise InvalidRequestError(f"unknown compression mode {mode!r}; use fast or exact", param="mode")
+        return cls(load_model(model, precision=MODES[mode]), mode)
+
+    # ------------------------------------------------------------ vocabulary tables
+
+    def _prepare_vocab(self) -> None:
+        tok = self._m.tokenizer
+        vocab: dict[str, int] = tok.get_vocab()
+        size = max(vocab.values()) + 1
+        pieces = [""] * size
+        for piece, i in vocab.items():
+            pieces[i] = piece
+        if self._m.word_rule == "wordpiece":
+            cont = np.fromiter((p.startswith("##") for p in pieces), dtype=bool, count=size)
+        else:
+            cont = np.fromiter(
+                (not (p.startswith("▁") or p in string.punctuation) for p in pieces), dtype=bool, count=size
+            )
+        special = np.zeros(size, dtype=bool)
+        for i in tok.all_special_ids:
+            if 0 <= i < size:
+                special[i] = True
+        ends = np.zeros(size, dtype=bool)
+        for piece in _CHUNK_END_TOKENS:
+            if piece in vocab:
+                ends[vocab[piece]] = True
+        self._pieces = pieces
+        self._cont = cont & ~special
+        self._special = special
+        self._ends = ends
+        self._cls = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
+        self._sep = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+        self._pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        self._backend = tok.backend_tokenizer
+        self._backend.no_truncation()
+        self._backend.no_padding()
+
+    # ------------------------------------------------------------ public
+
+    def compress(
+        self,
+        text: str,
+        rate: float = 0.5,
+        *,
+        force_keep: Sequence[str] = (),
+        patterns: Sequence[str] = (),
+        protect: bool = True,
+        target: str = "gpt-4o",
+        progress: Progress | None = None,
+    ) -> CompressResult:
+        """Keep about ``rate`` of the compressible tokens of ``text`` (see the module docstring)."""
+        rate = _check_rate(rate)
+        if not isinstance(text, str):
+            raise InvalidRequestError(f"text to compress must be a string, got {type(text).__name__}")
+        key = (hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(), rate, tuple(force_keep),
+               tuple(patterns), protect, target)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        result = self._compress(text, rate, force_keep, patterns, protect, target, progress)
+        with self._lock:
+            self._cache[key] = result
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return result
+
+    def keep_decisions(
+        self,
+        text: str,
+        rate: float = 0.5,
+        *,
+        protect: bool = False,
+        force_keep: Sequence[str] = (),
+        patterns: Sequence[str] = (),
+    ) -> KeepDecisions:
+        """The per-word keep decisions for ``text`` (built-in protection off by default, as in ``llmlingua``)."""
+        rate = _check_rate(rate)
+        a = self._analyse(text, rate, force_keep, patterns, protect, None)
+        idx = np.flatnonzero(a.listed)
+        return KeepDecisions([a.words[i] for i in idx], a.starts[idx], a.ends[idx], a.probs[idx], a.keep[idx])
+
+    # ------------------------------------------------------------ the method
+
+    def _compress(self, text: str, rate: float, force_keep: Sequence[str], patterns: Sequence[str],
+                  protect: bool, target: str, progress: Progress | None) -> CompressResult:
+        from thrifty.ledger.tokens import count_text
+
+        t0 = time.perf_counter()
+        skipped = None
+        if not text.strip():
+            skipped = "empty"
+        elif rate >= 1.0:
+            skipped = "rate"
+        if skipped is not None:
+            n = count_text(_encodable(text), target) if text else 0
+            return CompressResult(text, n, n, rate, self.name, self.version, self.mode,
+                                  (time.perf_counter() - t0) * 1000, target, skipped)
+        a = self._analyse(text, rate, force_keep, patterns, protect, progress)
+        out = _assemble(text, a)
+        if not out.strip():  # everything dropped: too short to compress
+            n = count_text(_encodable(text), target)
+            return CompressResult(text, n, n, rate, self.name, self.version, self.mode,
+                                  (time.perf_counter() - t0) * 1000, target, "short")
+        before = count_text(_encodable(text), target)
+        after = count_text(_encodable(out), target) if out != text else before
+        return CompressResult(
+            out, before, after, rate, self.name, self.version, self.mode, (time.perf_counter() - t0) * 1000,
+            target, None, int(a.keep[a.listed].sum()), int(a.listed.sum()),
+            sum(e - s for s, e in a.spans),
+        )
+
+    def _analyse(self, text: str, rate: float, force_keep: Sequence[str], patterns: Sequence[str],
+                 protect: bool, progress: Progress | None) -> _Analysis:
+        ids, offs, tokens = self._tokenize(text)
+        n = len(ids)
+        if n == 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return _Analysis(empty, empty, [], np.zeros(0, np.float32), np.zeros(0, bool), np.zeros(0, bool),
+                             protected_spans(text, defaults=protect, force_keep=force_keep, patterns=patterns))
+        special = self._special[ids]
+        is_start = ~self._cont[ids]
+        is_start[0] = True
+        is_start[1:] |= special[:-1]  # a piece after a special token starts a word
+        first = np.flatnonzero(is_start)
+        last = np.append(first[1:], n) - 1
+        starts = offs[first, 0]
+        ends = offs[last, 1]
+        opaque = special[first]
+
+        spans = protected_spans(text, defaults=protect, force_keep=force_keep, patterns=patterns)
+        protected = np.zeros(len(first), dtype=bool)
+        if spans:
+            spans, protected = _widen(spans, starts, ends)
+        listed = ~protected & ~opaque
+
+        chunks = self._chunks(ids, is_start)
+        tok_probs = self._probabilities(ids, chunks, listed, first, progress)
+
+        counts = np.diff(np.append(first, n))
+        sums = np.add.reduceat(tok_probs, first) if n else tok_probs
+        probs = (sums / counts.astype(np.float32)).astype(np.float32)
+        words = self._words(tokens, first, counts)
+        weights = self._oai_counts(words, listed)
+
+        keep = np.ones(len(first), dtype=bool)
+        chunk_of_word = np.searchsorted(np.array([c[0] for c in chunks]), first, side="right") - 1
+        bounds = np.searchsorted(chunk_of_word, np.arange(len(chunks) + 1), side="left")
+        q = int(100 * max(0.0, 1.0 - rate) + 1)
+        for c in range(len(chunks)):
+            lo, hi = bounds[c], bounds[c + 1]
+            sel = listed[lo:hi]
+            if not sel.any():
+                continue
+            p = probs[lo:hi][sel]
+            threshold = np.percentile(np.repeat(p, weights[lo:hi][sel]), q)
+            kept = (p > threshold) | ((threshold == 1.0) & (p == threshold))
+            window = keep[lo:hi]
+            window[sel] = kept
+        return _Analysis(starts, ends, words, probs, keep, listed, spans)
+
+    def _tokenize(self, text: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        safe = _SURROGATES.sub("\ufffd", text) if _SURROGATES.search(text) else text
+        enc = self._backend.encode(safe, add_special_tokens=False)
+        ids = np.asarray(enc.ids, dtype=np.int64)
+        offs = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+        return ids, offs, enc.tokens
+
+    def _chunks(self, ids: np.ndarray, is_start: np.ndarray) -> list[tuple[int, int]]:
+        """Token ranges ``[a, b)`` of the chunks, by ``llmlingua``'s rule (see the module docstring)."""
+        n = len(ids)
+        width = self._m.max_seq_len - 2
+        ends = self._ends[ids]
+        chunks = []
+        st = 0
+        while st < n:
+            if st + width > n - 1:
+                chunks.append((st, n))
+                break
+            ed = st + width
+            hits = np.flatnonzero(ends[st + 1: ed + 1])
+            if hits.size:
+                cut = st + 1 + int(hits[-1]) + 1
+            else:
+                word_starts = np.flatnonzero(is_start[st + 1: ed + 2])
+                cut = st + 1 + int(word_starts[-1]) if word_starts.size else ed + 1
+            chunks.append((st, cut))
+            st = cut
+        return chunks
+
+    def _probabilities(self, ids: np.ndarray, chunks: list[tuple[int, int]], listed: np.ndarray,
+                       first: np.ndarray, progress: Progress | None) -> np.ndarray:
+        """Each token's keep probability (1.0 where no model run was needed).
+
+        Chunks run in batches of similar length (sorted, padded only to the longest in the
+        batch, with an attention mask): fewer, larger matrix products keep the CPU busy.
+        """
+        import torch
+
+        n = len(ids)
+        probs = np.ones(n, dtype=np.float32)
+        # chunks with nothing to decide (all protected or opaque) need no model run
+        token_listed = np.repeat(listed, np.diff(np.append(first, n)))
+        todo = sorted((c for c in chunks if token_listed[c[0]:c[1]].any()), key=lambda c: c[0] - c[1])
+        limit = self._m.max_seq_len
+        model = self._m.model
+        keep = self._m.keep_label
+        pad = self._pad
+        done = n - sum(b - a for a, b in todo)
+        with self._run_lock, torch.inference_mode():
+            for k in range(0, len(todo), _BATCH):
+                batch = todo[k: k + _BATCH]
+                seqs = [np.concatenate(([self._cls], ids[a:b], [self._sep]))[:limit] for a, b in batch]
+                width = max(len(q) for q in seqs)
+                inputs = np.full((len(seqs), width), pad, dtype=np.int64)
+                mask = np.zeros((len(seqs), width), dtype=np.int64)
+                for r, q in enumerate(seqs):
+                    inputs[r, : len(q)] = q
+                    mask[r, : len(q)] = 1
+                logits = model(input_ids=torch.from_numpy(inputs), attention_mask=torch.from_numpy(mask)).logits
+                p = torch.softmax(logits.float(), dim=-1)[:, :, keep].numpy()
+                for r, (a, b) in enumerate(batch):
+                    got = p[r, 1: 1 + min(b - a, len(seqs[r]) - 1)]
+                    probs[a: a + len(got)] = got
+                    done += b - a
+                if progress is not None:
+                    progress(done, n)
+        if progress is not None and not todo:
+            progress(n, n)
+        return probs
+
+    def _words(self, tokens: list[str], first: np.ndarray, counts: np.ndarray) -> list[str]:
+        words = [tokens[i] for i in first.tolist()]
+        strip = "#" if self._m.word_rule == "wordpiece" else "▁"
+        for w in np.flatnonzero(counts > 1).tolist():
+            f = int(first[w])
+            words[w] = words[w] + "".join(t.lstrip(strip) for t in tokens[f + 1: f + int(counts[w])])
+        return words
+
+    def _oai_counts(self, words: list[str], listed: np.ndarray) -> np.ndarray:
+        """cl100k_base tokens per word (the weights of the percentile), memoised per word."""
+        cache = self._ntok
+        missing = {w for w, ok in zip(words, listed.tolist(), strict=True) if ok and w not in cache}
+        if missing:
+            from thrifty.ledger.tokens import get_encoding
+
+            enc = get_encoding("cl100k_base")
+            fresh = list(missing)
+            for w, toks in zip(fresh, enc.encode_ordinary_batch(fresh, num_threads=1), strict=True):
+                cache[w] = len(toks)
+            if len(cache) > 500_000:
+                cache.clear()
+        return np.fromiter((cache.get(w, 1) for w in words), dtype=np.int64, count=len(words))
+
+
+def _check_rate(rate: float) -> float:
+    try:
+        value = float(rate)
+    except (TypeError, ValueError):
+        raise InvalidRequestError(f"rate must be a number in (0, 1], got {rate!r}", param="rate") from None
+    if not 0.0 < value <= 1.0:
+        raise InvalidRequestError(f"rate must be in (0, 1] (the share of tokens to keep), got {rate!r}",
+                                  param="rate")
+    return value
+
+
+def _encodable(text: str) -> str:
+    return _SURROGATES.sub("\ufffd", text) if _SURROGATES.search(text) else text
+
+
+def _widen(spans: list[tuple[int, int]], starts: np.ndarray, ends: np.ndarray
+           ) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Grow each span to the whole words it touches; which words are inside a span."""
+    span_starts = np.array([s for s, _ in spans], dtype=np.int64)
+    span_ends = np.array([e for _, e in spans], dtype=np.int64)
+    k = np.searchsorted(span_starts, ends, side="left") - 1  # the last span starting before the word ends
+    valid = k >= 0
+    kk = np.where(valid, k, 0)
+    inside = valid & (span_ends[kk] > starts)
+    if inside.any():
+        grown = list(spans)
+        for w in np.flatnonzero(inside).tolist():
+            s, e = grown[int(kk[w])]
+            grown[int(kk[w])] = (min(s, int(starts[w])), max(e, int(ends[w])))
+        spans = merge_spans(grown)
+    return spans, inside
+
+
+def _assemble(text: str, a: _Analysis) -> str:
+    """The kept words and spans, cut from ``text`` (see the module docstring for the spacing)."""
+    items: list[tuple[int, int, bool]] = [(s, e, True) for s, e in a.spans]
+    in_span = np.zeros(len(a.starts), dtype=bool)
+    if a.spans:
+        span_starts = np.array([s for s, _ in a.spans], dtype=np.int64)
+        span_ends = np.array([e for _, e in a.spans], dtype=np.int64)
+        k = np.searchsorted(span_starts, a.starts, side="right") - 1
+        kk = np.where(k >= 0, k, 0)
+        in_span = (k >= 0) & (span_ends[kk] >= a.ends)
+    idx = np.flatnonzero(~in_span)  # every word not inside a protected span
+    items.extend(zip(a.starts[idx].tolist(), a.ends[idx].tolist(), a.keep[idx].tolist(), strict=True))
+    if not items:
+        return text
+    items.sort()
+    # characters between items that are not whitespace travel with the item they touch
+    starts = [s for s, _, _ in items]
+    ends = [e for _, e, _ in items]
+    keeps = [k for _, _, k in items]
+    count = len(items)
+    starts[0] = _grow_left(text, 0, starts[0])
+    for i in range(count - 1):
+        e, s = ends[i], starts[i + 1]
+        if s > e and not (s - e == 1 and text[e] == " "):
+            ends[i] = _grow_right(text, e, s)
+            starts[i + 1] = _grow_left(text, ends[i], s)
+    ends[-1] = _grow_right(text, ends[-1], len(text))
+
+    out = [text[: starts[0]]]
+    prev = -1  # index of the last item written
+    for i in range(count):
+        if not keeps[i]:
+            continue
+        s = starts[i]
+        if prev == i - 1 and prev >= 0:
+            out.append(text[ends[prev]: s])
+        elif prev >= 0:
+            gap = text[ends[prev]: s]
+            breaks = gap.count("\n")
+            if breaks:
+                out.append("\n\n" if breaks > 1 else "\n")
+            elif not _joins(text, ends[prev], s, gap):
+                out.append(" ")
+        out.append(text[s: ends[i]])
+        prev = i
+    out.append(text[ends[-1]:])
+    return "".join(out)
+
+
+def _joins(text: str, end: int, start: int, gap: str) -> bool:
+    """Whether a kept item at ``start`` follows the one ending at ``end`` without a space.
+
+    Punctuation that directly followed a word stays attached (``The big dog.`` -> ``The big.``);
+    scripts written without spaces (CJK, Thai...) stay without them.
+    """
+    if not text[start].isalnum() and not text[start - 1].isspace():
+        return True
+    return not any(c.isspace() for c in gap) and (_spaceless(text[end - 1]) or _spaceless(text[start]))
+
+
+#: Unicode blocks of scripts written without spaces between words: Thai, Lao, Myanmar, CJK (with kana
+#: and the CJK symbols), CJK compatibility ideographs, full-width forms, and the supplementary ideographs.
+_SPACELESS = ((0x0E00, 0x0EFF), (0x1000, 0x109F), (0x2E80, 0xA4CF), (0xF900, 0xFAFF), (0xFF00, 0xFFEF),
+              (0x20000, 0x3FFFF))
+
+
+def _spaceless(ch: str) -> bool:
+    code = ord(ch)
+    return any(lo <= code <= hi for lo, hi in _SPACELESS)
+
+
+def _grow_right(text: str, pos: int, limit: int) -> int:
+    """Move ``pos`` right over non-whitespace characters, up to ``limit``."""
+    while pos < limit and not text[pos].isspace():
+        pos += 1
+    return pos
+
+
+def _grow_left(text: str, floor: int, pos: int) -> int:
+    """Move ``pos`` left over non-whitespace characters, down to ``floor``."""
+    while pos > floor and not text[pos - 1].isspace():
+        pos -= 1
+    return pos

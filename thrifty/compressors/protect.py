@@ -1,0 +1,165 @@
+"""Protected spans: the parts of a text that compression must pass through byte-for-byte.
+
+:func:`protected_spans` returns sorted, non-overlapping ``(start, end)``
+character ranges. What is protected by default (``defaults=True``):
+
+* fenced code blocks (```` ``` ```` or ``~~~``, to the closing fence or the end
+  of the text) and indented code blocks (lines indented by four spaces or a tab
+  after a blank line), and inline code in backticks;
+* JSON objects and arrays (anything :func:`json.JSONDecoder.raw_decode` accepts
+  that starts with ``{`` or ``[``);
+* URLs (``scheme://...`` and ``www....``) and e-mail addresses;
+* numbers (with signs, separators, decimals, exponents, percent and currency
+  signs), dates and times (ISO 8601, ``12/31/2024``, ``31.12.2024``, ``10:30 pm``,
+  ``March 3, 2024``, ``3 March 2024``);
+* identifiers: UUIDs, hex strings, and words that mix letters and digits
+  (``ABC-1234``, ``gpt-4o``, ``v1.2.3``, ``user_42``);
+* quoted strings (``"..."``, ``'...'``, typographic quotes, ``«...»``,
+  ``「...」``), up to 300 characters on one line.
+
+Callers add their own:
+
+* ``force_keep``: literal terms (case-sensitive) kept wherever they occur;
+* ``patterns``: regular expressions; every match is kept;
+* ``<keep>...</keep>`` regions (always on): the region, markers included, is
+  kept as written.
+
+The compressor widens a span to whole words where a span starts or ends
+inside one, so the span itself always survives intact.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+
+__all__ = ["KEEP_REGION", "merge_spans", "protected_spans"]
+
+_MONTHS = (
+    r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"
+    r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"
+)
+
+#: The marker of a user-protected region: ``<keep>...</keep>`` (markers kept in the output).
+KEEP_REGION = r"<keep>.*?</keep>"
+
+_DIGIT = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
+
+# (pattern, substrings of which one must be in the text for the pattern to be tried at all)
+_DEFAULT_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # fenced code: to the closing fence of the same kind, or to the end of the text
+    (r"(?ms)^[ \t]*(```|~~~).*?(?:^[ \t]*\1[^\n]*$|\Z)", ("```", "~~~")),
+    # indented code after a blank line (or at the start)
+    (r"(?m)(?:(?<=\n\n)|\A)(?:(?: {4}|\t)[^\n]*\S[^\n]*(?:\n|\Z))+", ("    ", "\t")),
+    (r"`[^`\n]+`", ("`",)),
+    # URLs and e-mail addresses
+    (r"(?i)\b(?:[a-z][a-z0-9+.\-]*://|www\.)[^\s<>\"'`]+[^\s<>\"'`.,;:!?)\]}]", ("://", "www.", "WWW.")),
+    (r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+", ("@",)),
+    # dates and times
+    (r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+\-]\d{2}:?\d{2})?)?\b", ("-",)),
+    (r"\b\d{1,2}[/.\-]\d{1,2}[/.\-]\d{2,4}\b", _DIGIT),
+    (r"(?i)\b\d{1,2}:\d{2}(?::\d{2})?(?:\s?[ap]\.?m\.?\b)?", (":",)),
+    (rf"\b{_MONTHS}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?(?:,?\s+\d{{4}})?\b", _DIGIT),
+    (rf"\b\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTHS}\b(?:,?\s+\d{{4}}\b)?", _DIGIT),
+    # identifiers: UUIDs, hex, words mixing letters and digits
+    (r"(?i)\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", ("-",)),
+    (r"(?i)\b0x[0-9a-f]+\b", ("0x", "0X")),
+    (r"(?<![\w\-./#])(?=[\w\-./#:]*\d)(?=[\w\-./#:]*[^\W\d_])\w(?:[\w\-./#:]*\w)?", ()),
+    # numbers, with currency and percent signs
+    (r"[$€£¥₹]?[-+]?(?<![\w.])\d(?:[\d,._']*\d)?(?:[eE][-+]?\d+)?%?", ()),
+    # quoted strings on one line
+    (r"\"[^\"\n]{1,300}\"", ('"',)),
+    (r"(?<!\w)'[^'\n]{1,300}'(?!\w)", ("'",)),
+    (r"“[^”\n]{1,300}”", ("“",)),
+    (r"(?<!\w)‘[^’\n]{1,300}’(?!\w)", ("‘",)),
+    (r"«[^»\n]{1,300}»", ("«",)),
+    (r"「[^」\n]{1,300}」", ("「",)),
+    (r"『[^』\n]{1,300}』", ("『",)),
+)
+
+
+@lru_cache(maxsize=1)
+def _default_regexes() -> tuple[tuple[re.Pattern[str], tuple[str, ...]], ...]:
+    return tuple((re.compile(p), needs) for p, needs in _DEFAULT_PATTERNS)
+
+
+_HAS_DIGIT = re.compile(r"\d")
+
+
+@lru_cache(maxsize=1)
+def _keep_region() -> re.Pattern[str]:
+    return re.compile(KEEP_REGION, re.S)
+
+
+@lru_cache(maxsize=256)
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """Compile a caller's pattern once; ``re.error`` for a bad one."""
+    return re.compile(pattern)
+
+
+def _json_spans(text: str) -> list[tuple[int, int]]:
+    decoder = json.JSONDecoder()
+    spans = []
+    i = 0
+    n = len(text)
+    while i < n:
+        j = min((k for k in (text.find("{", i), text.find("[", i)) if k >= 0), default=-1)
+        if j < 0:
+            break
+        try:
+            _, end = decoder.raw_decode(text, j)
+        except ValueError:
+            i = j + 1
+            continue
+        if end - j > 2:  # "{}" and "[]" alone are not worth a span
+            spans.append((j, end))
+        i = end
+    return spans
+
+
+def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sort spans and merge the ones that overlap or touch."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if end <= start:
+            continue
+        if out and start <= out[-1][1]:
+            if end > out[-1][1]:
+                out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
+
+
+def protected_spans(
+    text: str,
+    *,
+    defaults: bool = True,
+    force_keep: Sequence[str] = (),
+    patterns: Sequence[str | re.Pattern[str]] = (),
+) -> list[tuple[int, int]]:
+    """The character ranges of ``text`` to keep byte-for-byte (see the module docstring)."""
+    spans: list[tuple[int, int]] = []
+    if "<keep>" in text:
+        spans.extend(m.span() for m in _keep_region().finditer(text))
+    if defaults:
+        digits = _HAS_DIGIT.search(text) is not None
+        for regex, needs in _default_regexes():
+            if (not needs and not digits) or (needs and not any(n in text for n in needs)):
+                continue  # the pattern cannot match (all patterns without a trigger need a digit)
+            spans.extend(m.span() for m in regex.finditer(text))
+        if "{" in text or "[" in text:
+            spans.extend(_json_spans(text))
+    for term in force_keep:
+        if not term:
+            continue
+        start = text.find(term)
+        while start >= 0:
+            spans.append((start, start + len(term)))
+            start = text.find(term, start + len(term))
+    for pattern in patterns:
+        regex = compile_pattern(pattern) if isinstance(pattern, str) else pattern
+        spans.extend(m.span() for m in regex.finditer(text))
+    return merge_spans(spans)

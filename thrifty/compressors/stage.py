@@ -1,0 +1,219 @@
+"""The compression stage: compresses the long user and tool text of a call before it goes upstream.
+
+It runs after routing (the token counts and the savings depend on the target
+model) and passes a call through untouched unless compression is asked for:
+by the call (``compress`` in the thrifty options: ``true`` or
+``{"rate": 0.4, ...}``), by its alias's ``options``, or by ``[compression]
+enabled = true`` in the settings; ``compress: false`` turns it off for a call.
+
+What it compresses, by default: the text parts of user and tool messages (and
+tool results inside user messages) that have at least ``min_tokens`` tokens.
+Never system messages (where the contract stage puts its contract), tool
+definitions, assistant tool calls, images or other non-text parts, and never
+anything at or before the last prompt-cache marker (Anthropic
+``cache_control``), so the cached prefix stays byte-identical.
+
+It records ``ctx.savings["compression"]``: tokens of the prompt before and
+after (counted with the target model's tokenizer, an estimate for non-OpenAI
+models), and in ``detail`` the compressor, its version, the mode, the rate,
+the compression time in ms and the number of parts compressed; the recorder
+prices the saved tokens at the model's input price. A compressor failure
+sends the call on uncompressed (recorded as ``detail["error"]``) unless
+``fail_open = false``, when the call fails with
+:class:`~thrifty.errors.LocalModelError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from thrifty.errors import LocalModelError, ThriftyError
+from thrifty.middleware.context import CallContext, CompressOptions, Saving
+from thrifty.middleware.pipeline import Stage
+from thrifty.settings import CompressionSettings
+from thrifty.types import (
+    AsyncEventStream,
+    Message,
+    OpaquePart,
+    Part,
+    Request,
+    Response,
+    TextPart,
+    ToolResultPart,
+)
+
+if TYPE_CHECKING:
+    from thrifty.middleware.engine import Engine
+
+__all__ = ["CompressionStage"]
+
+log = logging.getLogger("thrifty.compression")
+
+TECHNIQUE = "compression"
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    rate: float
+    min_tokens: int
+    force_keep: tuple[str, ...]
+    protect: tuple[str, ...]
+    roles: frozenset[str]
+    mode: str
+
+
+# where a text part sits: (message index, part index, index inside a tool result or -1)
+_Where = tuple[int, int, int]
+
+
+class CompressionStage(Stage):
+    kind = "compression"
+
+    def __init__(self, settings: CompressionSettings | None = None) -> None:
+        self.settings = settings if settings is not None else CompressionSettings()
+
+    @classmethod
+    def from_engine(cls, engine: Engine) -> CompressionStage:
+        return cls(engine.settings.compression)
+
+    # ------------------------------------------------------------ the call
+
+    def prepare(self, request: Request, ctx: CallContext) -> Request:
+        plan = self._plan(ctx)
+        if plan is None:
+            return request
+        return self._apply(request, ctx, plan)
+
+    async def ahandle(self, request: Request, ctx: CallContext) -> Response | AsyncEventStream:
+        plan = self._plan(ctx)
+        if plan is not None:  # the model runs off the event loop
+            request = await asyncio.to_thread(self._apply, request, ctx, plan)
+        return await self.next.ahandle(request, ctx)
+
+    def _plan(self, ctx: CallContext) -> _Plan | None:
+        asked = ctx.options.compress
+        s = self.settings
+        if asked is None:
+            if not s.enabled:
+                return None
+            asked = True
+        if asked is False:
+            return None
+        o = asked if isinstance(asked, CompressOptions) else CompressOptions()
+        return _Plan(
+            rate=o.rate if o.rate is not None else s.rate,
+            min_tokens=o.min_tokens if o.min_tokens is not None else s.min_tokens,
+            force_keep=(*s.force_keep, *o.force_keep),
+            protect=(*s.protect, *o.protect),
+            roles=frozenset(o.roles if o.roles is not None else s.roles),
+            mode=o.mode or s.mode,
+        )
+
+    def _apply(self, request: Request, ctx: CallContext, plan: _Plan) -> Request:
+        from thrifty.ledger.tokens import count_text
+
+        model = ctx.target.model if ctx.target is not None else request.model
+        found = [(where, text) for where, text in _eligible(request, plan.roles)
+                 if plan.min_tokens <= 0 or count_text(text, model) >= plan.min_tokens]
+        if not found or plan.rate >= 1.0:
+            return request
+        s = self.settings
+        t0 = time.perf_counter()
+        try:
+            from thrifty.compressors.base import load_compressor
+
+            compressor = load_compressor(s.compressor, mode=plan.mode,
+                                         model=None if s.model is None else str(s.model))
+            results = [compressor.compress(text, plan.rate, force_keep=plan.force_keep, patterns=plan.protect,
+                                           target=model) for _, text in found]
+        except Exception as exc:
+            if not s.fail_open:
+                if isinstance(exc, ThriftyError):
+                    raise
+                raise LocalModelError(f"prompt compression failed: {type(exc).__name__}: {exc}") from exc
+            log.warning("compression failed, sending call %s uncompressed: %s", ctx.call_id, exc)
+            n = self._prompt_tokens(request, ctx, model, sum(count_text(t, model) for _, t in found))
+            ctx.savings[TECHNIQUE] = Saving(n, n, detail={
+                "error": f"{type(exc).__name__}: {exc}", "compressor": s.compressor, "mode": plan.mode,
+                "rate": plan.rate, "ms": round((time.perf_counter() - t0) * 1000, 3)})
+            return request
+        ms = (time.perf_counter() - t0) * 1000
+        saved = sum(r.tokens_before - r.tokens_after for r in results)
+        before = self._prompt_tokens(request, ctx, model, sum(r.tokens_before for r in results))
+        first = results[0]
+        ctx.savings[TECHNIQUE] = Saving(before, before - saved, detail={
+            "compressor": first.compressor, "version": first.version, "mode": first.mode, "rate": plan.rate,
+            "ms": round(ms, 3), "parts": len(results)})
+        return _replace_texts(request, {where: r.text for (where, _), r in zip(found, results, strict=True)})
+
+    @staticmethod
+    def _prompt_tokens(request: Request, ctx: CallContext, model: str, fallback: int) -> int:
+        try:
+            from thrifty.ledger.tokens import count_prompt
+
+            kind = ctx.target.provider.kind if ctx.target is not None else ""
+            return count_prompt(request, model, kind).n
+        except Exception:  # noqa: BLE001 - an estimate; the part counts stand in
+            log.debug("could not count the prompt", exc_info=True)
+            return fallback
+
+
+def _has_marker(part: Part) -> bool:
+    if isinstance(part, TextPart):
+        return part.cache_control is not None
+    if isinstance(part, OpaquePart):
+        return isinstance(part.raw, dict) and part.raw.get("cache_control") is not None
+    if isinstance(part, ToolResultPart):
+        return any(_has_marker(p) for p in part.content)
+    return False
+
+
+def _eligible(request: Request, roles: frozenset[str]) -> list[tuple[_Where, str]]:
+    """The text parts the stage may compress, after the last cache marker."""
+    messages = request.messages
+    last_marker = (-1, -1)
+    for i, message in enumerate(messages):
+        for j, part in enumerate(message.content):
+            if _has_marker(part):
+                last_marker = (i, j)
+    out: list[tuple[_Where, str]] = []
+    for i, message in enumerate(messages):
+        if message.role == "system" or i < last_marker[0]:
+            continue
+        for j, part in enumerate(message.content):
+            if (i, j) <= last_marker:
+                continue
+            if isinstance(part, TextPart):
+                role = message.role
+                if role in roles and part.text.strip():
+                    out.append(((i, j, -1), part.text))
+            elif isinstance(part, ToolResultPart) and "tool" in roles:
+                for k, inner in enumerate(part.content):
+                    if isinstance(inner, TextPart) and inner.text.strip():
+                        out.append(((i, j, k), inner.text))
+    return out
+
+
+def _replace_texts(request: Request, texts: dict[_Where, str]) -> Request:
+    messages = list(request.messages)
+    by_message: dict[int, dict[tuple[int, int], str]] = {}
+    for (i, j, k), text in texts.items():
+        by_message.setdefault(i, {})[(j, k)] = text
+    for i, changes in by_message.items():
+        message = messages[i]
+        content: list[Any] = list(message.content)
+        for (j, k), text in changes.items():
+            part = content[j]
+            if k < 0:
+                content[j] = dataclasses.replace(part, text=text)
+            else:
+                inner = list(part.content)
+                inner[k] = dataclasses.replace(inner[k], text=text)
+                content[j] = dataclasses.replace(part, content=inner)
+        messages[i] = Message(message.role, content, message.name)
+    return request.replace(messages=messages)
