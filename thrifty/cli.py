@@ -240,6 +240,10 @@ def dashboard(db_url: str | None, host: str, port: int, admin_key: str | None) -
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
+from thrifty._cli_compress import compress as _compress  # noqa: E402 - registered once main exists
+from thrifty._cli_contracts import contracts as _contracts  # noqa: E402 - registered once main exists
 from thrifty._cli_keys import keys as _keys  # noqa: E402 - registered once main exists
 
 main.add_command(_keys)
+main.add_command(_contracts)
+main.add_command(_compress)

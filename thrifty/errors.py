@@ -2,8 +2,10 @@
 
     ThriftyError                   base of everything thrifty raises
     ├── ConfigurationError         settings or a config file are wrong (names the file/field)
+    │   └── ContractFileError      contract files are invalid (each problem names file:line and field)
     ├── InvalidRequestError        the caller's request is wrong (HTTP 400)
     │   ├── UnknownOptionError     an unknown key in the thrifty options
+    │   ├── UnknownContractError   the call names a contract that is not loaded
     │   ├── UnknownModelError      no provider serves that model name (HTTP 404)
     │   └── UnknownProviderError   the ``provider/`` prefix names no provider (HTTP 404)
     ├── AuthenticationError        a missing or unknown key, or a provider key not configured (HTTP 401)
@@ -13,6 +15,7 @@
     │   ├── UpstreamTimeoutError   the upstream did not answer in time
     │   └── UpstreamConnectionError the upstream could not be reached
     ├── LocalModelError            a local model is missing, corrupt or failed to load (HTTP 503)
+    ├── OutputValidationError      no answer met the output contract after re-asks and fallbacks (HTTP 422)
     └── LedgerError                the ledger could not be opened or migrated
 
 Foreign errors (httpx2, SDK, database) are mapped to this tree at the boundary
@@ -45,6 +48,14 @@ class ConfigurationError(ThriftyError):
     anthropic_type = "api_error"
 
 
+class ContractFileError(ConfigurationError):
+    """``problems``: one ``file:line: field: message`` entry per problem found, in file order."""
+
+    def __init__(self, problems: list[Any]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = list(problems)
+
+
 class InvalidRequestError(ThriftyError):
     status_code = 400
     openai_type = "invalid_request_error"
@@ -52,6 +63,10 @@ class InvalidRequestError(ThriftyError):
 
 
 class UnknownOptionError(InvalidRequestError):
+    pass
+
+
+class UnknownContractError(InvalidRequestError):
     pass
 
 
@@ -130,6 +145,25 @@ class LocalModelError(ThriftyError):
     status_code = 503
     openai_type = "server_error"
     anthropic_type = "overloaded_error"
+
+
+class OutputValidationError(ThriftyError):
+    """No answer met the call's output contract (JSON schema, checks), re-asks and fallback models included.
+
+    422, not a 5xx: the SDKs retry 5xx answers on their own, which would run the
+    whole contingency (and its cost) again. ``errors``: what was wrong with the
+    last answer; ``attempts``: how many upstream attempts were made.
+    """
+
+    status_code = 422
+    openai_type = "output_validation_error"
+    anthropic_type = "invalid_request_error"
+
+    def __init__(self, message: str, *, errors: list[str] | None = None, attempts: int = 0,
+                 param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.errors = list(errors or [])
+        self.attempts = attempts
 
 
 class LedgerError(ThriftyError):

@@ -97,6 +97,52 @@ class RetrySettings(BaseModel):
     on_timeout: bool = True
 
 
+class StructuredSettings(BaseModel):
+    """``[structured]``: how a ``response_format`` json_schema is enforced when no contract says otherwise."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=True, description="enforce json_schema response formats (validate, re-ask)")
+    reasks: int = Field(default=1, ge=0, description="re-asks with the errors after an answer fails its schema")
+    fallback_models: list[str] = Field(default_factory=list, description="models to try after the re-asks")
+    anthropic_mode: Literal["native", "tool"] = Field(
+        default="native",
+        description="Anthropic models: native structured output (output_config.format), or a forced tool "
+        "whose input schema is the schema (for models without native support)",
+    )
+
+
+class ContractSettings(BaseModel):
+    """``[contracts]``: where the 5C contract files (TOML or YAML, one each) are loaded from, once per engine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dir: Path | None = Field(
+        default=None, description="directory of contract files; default: <data_dir>/contracts, if it exists"
+    )
+    paths: list[Path] = Field(default_factory=list, description="more contract files or directories")
+
+
+class CompressionSettings(BaseModel):
+    """``[compression]``: prompt compression (LLMLingua-2) of long user and tool text.
+
+    Off unless ``enabled`` or a call (or its alias) asks with the ``compress`` option.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=False, description="compress every call's eligible text, not only those that ask")
+    compressor: str = Field(default="llmlingua2", description="a registered compressor")
+    mode: Literal["fast", "exact"] = "fast"
+    model: Path | None = Field(default=None, description="weights directory; default: thrifty's shipped weights")
+    rate: float = Field(default=0.5, gt=0, le=1, description="share of the compressible tokens to keep")
+    min_tokens: int = Field(default=256, ge=0, description="text parts shorter than this (break-even) are left alone")
+    roles: list[Literal["user", "tool", "assistant"]] = Field(default_factory=lambda: ["user", "tool"])
+    force_keep: list[str] = Field(default_factory=list, description="terms always kept as written")
+    protect: list[str] = Field(default_factory=list, description="regular expressions whose matches are kept")
+    fail_open: bool = Field(default=True, description="on a compressor failure send the call uncompressed")
+
+
 class AliasConfig(BaseModel):
     """A model alias (``default``, ``fast``, ``smart``...): a target model, its fallbacks and retries."""
 
@@ -154,6 +200,9 @@ class Settings(BaseSettings):
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)
     aliases: dict[str, AliasConfig] = Field(default_factory=dict)
     retry: RetrySettings = Field(default_factory=RetrySettings)
+    compression: CompressionSettings = Field(default_factory=CompressionSettings)
+    contracts: ContractSettings = Field(default_factory=ContractSettings)
+    structured: StructuredSettings = Field(default_factory=StructuredSettings)
     keys: list[KeyConfig] = Field(default_factory=list)
     server: ServerSettings = Field(default_factory=ServerSettings)
     redis_url: str | None = Field(default=None, description="shared budgets and rate limits across processes")

@@ -10,6 +10,13 @@ the failures a real provider cannot produce on demand, chosen by model name:
 - ``cut-stream``: a stream that breaks off after two events;
 - ``drip-<ms>``: a stream with that many milliseconds between its events (a slow model).
 
+Structured output: a request that asks for a JSON schema (OpenAI's
+``response_format`` json_schema, Anthropic's ``output_config.format``, or an
+Anthropic tool forced by ``tool_choice``) is answered with the smallest JSON
+document that satisfies the schema, as a provider enforcing it would.
+:meth:`CannedUpstream.script` makes a model name answer given texts in turn
+instead (to test what happens when an answer is wrong or cut off).
+
 It records each request body it received in :attr:`CannedUpstream.requests`.
 
 :class:`ServerThread` runs an ASGI app (the proxy) with uvicorn on loopback, in a thread.
@@ -71,10 +78,11 @@ class _Handler(BaseHTTPRequestHandler):
             extra = [("retry-after", "0")] if status == 429 else []
             return self._send(status, json.dumps(error).encode(), "application/json", extra)
         prompt = _prompt_size(body)
-        words = REPLY.split(" ")
+        text, finish = self.server.owner._reply(body, model, anthropic)
+        words = text.split(" ")
         if anthropic:
-            return self._anthropic(body, model, prompt, words)
-        return self._openai(body, model, prompt, words)
+            return self._anthropic(body, model, prompt, words, finish)
+        return self._openai(body, model, prompt, words, finish)
 
     def _send(self, status: int, payload: bytes, ctype: str, extra: list[tuple[str, str]] = ()) -> None:  # type: ignore[assignment]
         self.send_response(status)
@@ -103,14 +111,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self.close_connection = True
 
-    def _openai(self, body: dict[str, Any], model: str, prompt: int, words: list[str]) -> None:
+    def _openai(self, body: dict[str, Any], model: str, prompt: int, words: list[str], finish: str = "stop") -> None:
         usage = {"prompt_tokens": prompt, "completion_tokens": len(words), "total_tokens": prompt + len(words),
                  "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}
         head = {"id": "chatcmpl-canned", "created": 1_700_000_000, "model": model, "system_fingerprint": "fp_canned"}
         if not body.get("stream"):
             reply = {**head, "object": "chat.completion", "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": REPLY, "refusal": None},
-                 "logprobs": None, "finish_reason": "stop"}], "usage": usage}
+                {"index": 0, "message": {"role": "assistant", "content": " ".join(words), "refusal": None},
+                 "logprobs": None, "finish_reason": finish}], "usage": usage}
             return self._send(200, json.dumps(reply).encode(), "application/json")
         chunk = {**head, "object": "chat.completion.chunk"}
         events = [_data({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
@@ -118,18 +126,30 @@ class _Handler(BaseHTTPRequestHandler):
         for i, word in enumerate(words):
             text = word if i == 0 else " " + word
             events.append(_data({**chunk, "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}))
-        events.append(_data({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+        events.append(_data({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}))
         if (body.get("stream_options") or {}).get("include_usage"):
             events.append(_data({**chunk, "choices": [], "usage": usage}))
         events.append(b"data: [DONE]\n\n")
         self._stream(events, model == "cut-stream", _drip(model))
 
-    def _anthropic(self, body: dict[str, Any], model: str, prompt: int, words: list[str]) -> None:
+    def _anthropic(self, body: dict[str, Any], model: str, prompt: int, words: list[str], finish: str = "stop") -> None:
         usage = {"input_tokens": prompt, "output_tokens": len(words), "cache_creation_input_tokens": 0,
                  "cache_read_input_tokens": 0}
+        stop = "max_tokens" if finish == "length" else "end_turn"
+        forced = body.get("tool_choice") or {}
+        if not body.get("stream") and forced.get("type") == "tool":
+            try:
+                arguments = json.loads(" ".join(words))
+            except ValueError:
+                arguments = {"text": " ".join(words)}
+            reply = {"id": "msg_canned", "type": "message", "role": "assistant", "model": model,
+                     "content": [{"type": "tool_use", "id": "toolu_canned", "name": forced.get("name", ""),
+                                  "input": arguments}],
+                     "stop_reason": "tool_use" if finish == "stop" else stop, "stop_sequence": None, "usage": usage}
+            return self._send(200, json.dumps(reply).encode(), "application/json")
         if not body.get("stream"):
             reply = {"id": "msg_canned", "type": "message", "role": "assistant", "model": model,
-                     "content": [{"type": "text", "text": REPLY}], "stop_reason": "end_turn",
+                     "content": [{"type": "text", "text": " ".join(words)}], "stop_reason": stop,
                      "stop_sequence": None, "usage": usage}
             return self._send(200, json.dumps(reply).encode(), "application/json")
         start = {"id": "msg_canned", "type": "message", "role": "assistant", "model": model, "content": [],
@@ -142,11 +162,62 @@ class _Handler(BaseHTTPRequestHandler):
             events.append(_event("content_block_delta", {"type": "content_block_delta", "index": 0,
                                                          "delta": {"type": "text_delta", "text": text}}))
         events += [_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
-                   _event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn",
+                   _event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop,
                                                                                "stop_sequence": None},
                                             "usage": {"output_tokens": len(words)}}),
                    _event("message_stop", {"type": "message_stop"})]
         self._stream(events, model == "cut-stream", _drip(model))
+
+
+def _schema_asked(body: dict[str, Any], anthropic: bool) -> Any:
+    """The JSON schema a request asks its answer to follow, if any."""
+    if anthropic:
+        forced = body.get("tool_choice") or {}
+        if forced.get("type") == "tool":
+            tool = next((t for t in body.get("tools") or [] if t.get("name") == forced.get("name")), {})
+            return tool.get("input_schema")
+        fmt = (body.get("output_config") or {}).get("format") or body.get("output_format") or {}
+        return fmt.get("schema")
+    fmt = body.get("response_format") or {}
+    return (fmt.get("json_schema") or {}).get("schema") if fmt.get("type") == "json_schema" else None
+
+
+def smallest_instance(schema: Any, root: Any = None, depth: int = 0) -> Any:
+    """The smallest JSON value that satisfies the common keywords of ``schema`` (a stand-in answer)."""
+    root = schema if root is None else root
+    if not isinstance(schema, dict) or depth > 20:
+        return None
+    if "$ref" in schema:
+        node: Any = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            node = node.get(part, {}) if part and isinstance(node, dict) else node
+        return smallest_instance(node, root, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            if any(v == {"type": "null"} for v in schema[key]):
+                return None
+            return smallest_instance(schema[key][0], root, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in schema:
+        props = schema.get("properties") or {}
+        return {name: smallest_instance(props[name], root, depth + 1)
+                for name in schema.get("required") or [] if name in props}
+    if kind == "array":
+        return [smallest_instance(schema.get("items"), root, depth + 1) for _ in range(schema.get("minItems", 0))]
+    if kind == "string":
+        return "x" * int(schema.get("minLength", 0))
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", -1) + 1)
+        return int(low) if kind == "integer" else low
+    if kind == "boolean":
+        return False
+    return None
 
 
 def _drip(model: str) -> float:
@@ -181,7 +252,28 @@ class CannedUpstream:
         self._server = _Server(("127.0.0.1", port), _Handler)
         self._server.owner = self
         self.requests: list[dict[str, Any]] = []
+        self._scripts: dict[str, list[tuple[str, str]]] = {}
+        self._script_lock = threading.Lock()
         self._thread = threading.Thread(target=self._server.serve_forever, name="canned-upstream", daemon=True)
+
+    def script(self, model: str, replies: list[str | tuple[str, str]]) -> None:
+        """Answer requests for ``model`` with ``replies`` in turn (the last one repeats).
+
+        A reply is a text, or ``(text, finish_reason)`` with ``"length"`` for an
+        answer cut off at ``max_tokens``.
+        """
+        with self._script_lock:
+            self._scripts[model] = [(r, "stop") if isinstance(r, str) else (r[0], r[1]) for r in replies]
+
+    def _reply(self, body: dict[str, Any], model: str, anthropic: bool) -> tuple[str, str]:
+        with self._script_lock:
+            replies = self._scripts.get(model)
+            if replies:
+                return replies.pop(0) if len(replies) > 1 else replies[0]
+        schema = _schema_asked(body, anthropic)
+        if isinstance(schema, dict):
+            return json.dumps(smallest_instance(schema)), "stop"
+        return REPLY, "stop"
 
     @property
     def port(self) -> int:

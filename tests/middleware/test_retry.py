@@ -349,7 +349,8 @@ class Budget(Stage):
 def test_no_retry_on_thriftys_rate_limits_and_retry_runs_outside_limits(make_engine):
     budget = Budget()
     engine = make_engine({"smart": {"model": "canned/gpt-ok", "fallbacks": ["canned/gpt-ok2"]}}, stages=[budget])
-    assert [s.kind for s in engine.pipeline.stages] == ["routing", "retry", "limits", "ledger"]
+    assert [s.kind for s in engine.pipeline.stages] == [
+        "contracts", "routing", "compression", "structured", "retry", "limits", "ledger"]
     with pytest.raises(RateLimitError):
         engine.handle(request("smart"), proxy_ctx())
     assert budget.seen == 1
@@ -547,12 +548,13 @@ async def test_async_wrapped_openai_through_an_alias(make_engine, upstream):
 
 
 def test_engine_chain(make_engine):
-    assert [s.kind for s in make_engine().pipeline.stages] == ["routing", "retry", "ledger"]
-    assert [s.kind for s in make_engine(engine_retry=False).pipeline.stages] == ["routing", "ledger"]
+    techniques = ["contracts", "routing", "compression", "structured"]
+    assert [s.kind for s in make_engine().pipeline.stages] == [*techniques, "retry", "ledger"]
+    assert [s.kind for s in make_engine(engine_retry=False).pipeline.stages] == [*techniques, "ledger"]
     own = RetryStage(RetrySettings(), lambda name, bound: None)  # type: ignore[arg-type, return-value]
     engine = make_engine(stages=[own])
-    assert [s.kind for s in engine.pipeline.stages] == ["routing", "retry", "ledger"]
-    assert engine.pipeline.stages[1] is own
+    assert [s.kind for s in engine.pipeline.stages] == [*techniques, "retry", "ledger"]
+    assert engine.pipeline.stages[4] is own
 
 
 def test_retryable_and_retry_after():

@@ -183,6 +183,9 @@ class LedgerObserver(Stage):
             record.response_id = response.id or None
             if self.store_prompts:
                 record.response = response
+            if ctx.output_judge is not None and _fails_contract(ctx, response):
+                record.status = Status.INVALID_OUTPUT
+                record.error_type = "OutputValidationError"
             self._submit(record)
         except Exception:
             log.exception("ledger: could not record call %s", ctx.call_id)
@@ -349,6 +352,15 @@ class _StreamAccount:
         record.input_tokens = prompt or 0
         record.output_tokens = output or 0
         record.usage_source = "estimate"
+
+
+def _fails_contract(ctx: CallContext, response: Response) -> bool:
+    """Whether the answer fails the output contract the structured-output stage judges it by."""
+    try:
+        return bool(ctx.output_judge(response))
+    except Exception:
+        log.exception("ledger: could not judge the answer of call %s", ctx.call_id)
+        return False
 
 
 def _http_status(exc: BaseException) -> int | None:

@@ -27,6 +27,7 @@ class Status:
     ERROR = "error"  # the upstream (or the provider adapter) failed
     CLIENT_DISCONNECTED = "client_disconnected"  # a stream was closed before its end
     CANCELLED = "cancelled"  # the call was cancelled (task cancellation, KeyboardInterrupt)
+    INVALID_OUTPUT = "invalid_output"  # answered (and billed), but the answer failed its output contract
 
 
 @dataclass(slots=True)

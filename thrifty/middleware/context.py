@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
 from thrifty.errors import InvalidRequestError, UnknownOptionError
 
@@ -22,6 +22,43 @@ if TYPE_CHECKING:
     from thrifty.settings import RetrySettings
 
 Entry = Literal["wrapper", "proxy"]
+
+
+class CompressOptions(BaseModel):
+    """``compress`` in the thrifty options: prompt compression for this call.
+
+    Fields left unset take the ``[compression]`` settings. ``rate`` is the share
+    of the compressible tokens to keep; ``min_tokens`` the shortest text part
+    worth compressing; ``force_keep`` terms and ``protect`` regular expressions
+    are kept as written; ``roles`` are the message roles whose text is compressed.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate: float | None = Field(default=None, gt=0, le=1)
+    min_tokens: int | None = Field(default=None, ge=0)
+    force_keep: list[str] = Field(default_factory=list)
+    protect: list[str] = Field(default_factory=list, description="regular expressions whose matches are kept")
+    roles: list[Literal["user", "tool", "assistant"]] | None = None
+    mode: Literal["fast", "exact"] | None = None
+
+    @field_validator("protect")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        import re
+
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression {pattern!r}: {exc}") from None
+        return patterns
+
+
+_Compress = Annotated[
+    Annotated[bool, Tag("bool")] | Annotated[CompressOptions, Tag("options")],
+    Discriminator(lambda v: "options" if isinstance(v, dict | CompressOptions) else "bool"),
+]
 
 
 class ThriftyOptions(BaseModel):
@@ -38,6 +75,10 @@ class ThriftyOptions(BaseModel):
     tags: list[str] = Field(default_factory=list, description="labels for the ledger and dashboards")
     user: str | None = Field(default=None, description="the end user the call is made for")
     project: str | None = Field(default=None, description="the project the spend belongs to")
+    compress: _Compress | None = Field(
+        default=None, description="prompt compression: true, false, or options (unset: the [compression] settings)"
+    )
+    contract: str | None = Field(default=None, description="the name of the 5C contract the call is made under")
 
     @classmethod
     def parse(cls, raw: Any) -> ThriftyOptions:
@@ -123,11 +164,24 @@ class CallContext:
     savings: dict[str, Saving] = field(default_factory=dict)
     decode_hooks: list[Any] = field(default_factory=list)
     output: Any = None  # the call's output contract (thrifty.contracts.spec.OutputSpec), when it has one
+    # set per attempt by the structured-output stage: answer -> what is wrong with it (empty when accepted),
+    # so that the ledger marks an answer that failed its contract
+    output_judge: Any = None
     upstream_headers: dict[str, str] = field(default_factory=dict)
     upstream_timeout: dict[str, float | None] | None = None  # httpx-style timeouts the caller asked for
     # facts the ledger observer fills in, that the entry may read to answer (headers)
     upstream_ms: float = 0.0
     result: Any = None
+
+    def adopt(self, last: CallContext) -> None:
+        """Take the facts of the attempt that ended the call (``last``, a child), for the entry to answer with."""
+        if last is self:
+            return
+        self.target = last.target
+        self.route_decision = last.route_decision
+        self.upstream_ms = last.upstream_ms
+        if last.result is not None:
+            self.result = last.result
 
     def child(self) -> CallContext:
         """A context for another attempt (retry, reask, fallback) of this call."""

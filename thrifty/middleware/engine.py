@@ -104,10 +104,12 @@ def _builtin_stages(engine: Engine, given: Sequence[Stage]) -> list[Stage]:
 class Engine:
     """Settings, providers, routers, the frozen pipeline and the ledger recorder, built once.
 
-    The chain is the routing step (:class:`ModelResolver`), then ``stages``,
-    then a :class:`~thrifty.middleware.retry.RetryStage` in its place by
-    :data:`~thrifty.middleware.pipeline.STAGE_ORDER` (unless ``stages`` has a
-    ``retry`` stage), then the ledger observer. ``retry``: ``None`` retries
+    The chain is the routing step (:class:`ModelResolver`), ``stages`` and the
+    techniques' own stages (:data:`BUILTIN_STAGES`, unless ``stages`` has one
+    of that kind), each in its place by
+    :data:`~thrifty.middleware.pipeline.STAGE_ORDER`, then a
+    :class:`~thrifty.middleware.retry.RetryStage` likewise (unless ``stages``
+    has a ``retry`` stage), then the ledger observer. ``retry``: ``None`` retries
     proxied calls by ``[retry]`` and wrapped clients' calls only as their alias
     says (the SDKs retry on their own); ``True`` retries wrapped calls too;
     ``False`` leaves the retry stage out. ``price_inline``: price each ledger
@@ -132,8 +134,8 @@ class Engine:
         self.observer = None
         self.routers: tuple[Router, ...] = build_routers(self)
         self._alias_options = _alias_options(self.settings)
-        chain: list[Stage] = [ModelResolver(self), *stages]
-        for stage in _builtin_stages(self, stages):
+        chain: list[Stage] = [ModelResolver(self)]
+        for stage in [*stages, *_builtin_stages(self, stages)]:
             _insert_in_order(chain, stage)
         if retry is not False and not any(stage.kind == "retry" for stage in stages):
             _insert_in_order(chain, RetryStage(self.settings.retry, self.resolve, retry_wrapped=bool(retry)))

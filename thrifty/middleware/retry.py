@@ -280,14 +280,7 @@ class _Run:
 
     def finish(self) -> None:
         """Leave the last attempt's facts on the call's context, for the entry to answer with."""
-        last, call = self.ctx, self.first
-        if last is call:
-            return
-        call.target = last.target
-        call.route_decision = last.route_decision
-        call.upstream_ms = last.upstream_ms
-        if last.result is not None:
-            call.result = last.result
+        self.first.adopt(self.ctx)
 
 
 class _RetryingStream:

@@ -132,7 +132,9 @@ def test_tools_response_format_n_stop_logprobs_reach_the_upstream(proxy, upstrea
                                        response_format=schema, n=2, stop=["END"], logprobs=True, top_logprobs=2)
     body = upstream.requests[-1]["body"]
     assert body["tools"][0]["function"]["name"] == "get_weather" and body["tool_choice"] == "auto"
-    assert body["response_format"] == schema and body["n"] == 2 and body["stop"] == ["END"]
+    strict = {"name": "out", "schema": {"type": "object", "additionalProperties": False}, "strict": True}
+    assert body["response_format"] == {"type": "json_schema", "json_schema": strict}  # OpenAI's strict subset
+    assert body["n"] == 2 and body["stop"] == ["END"]
     assert body["logprobs"] is True and body["top_logprobs"] == 2
     ant(proxy).messages.create(model="anthropic/claude-haiku-4-5", max_tokens=10, messages=MSG, tools=[
         {"name": "get_weather", "description": "weather", "input_schema": {"type": "object"}}],

@@ -23,6 +23,7 @@ from thrifty.types import (
     Part,
     Request,
     Response,
+    ResponseFormat,
     StreamError,
     StreamEvent,
     StreamStart,
@@ -43,7 +44,7 @@ DEFAULT_MAX_TOKENS = 4096
 
 _KNOWN_REQUEST = frozenset({
     "model", "messages", "max_tokens", "system", "stop_sequences", "temperature", "top_p", "stream",
-    "tools", "tool_choice", "metadata", "thrifty",
+    "tools", "tool_choice", "metadata", "output_format", "thrifty",
 })
 _KNOWN_RESPONSE = frozenset({"id", "type", "role", "content", "model", "stop_reason", "stop_sequence", "usage"})
 _STOP_IN = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
@@ -88,6 +89,7 @@ def decode_request(body: Any) -> tuple[Request, Any]:
     metadata = optional(body, "metadata", dict) or {}
     if set(metadata) - {"user_id"}:
         extra["metadata"] = metadata
+    response_format = _decode_output_format(body, extra)
     request = Request(
         model=model,
         messages=messages,
@@ -99,6 +101,7 @@ def decode_request(body: Any) -> tuple[Request, Any]:
         stream_usage=True,
         tools=tools,
         tool_choice=_decode_tool_choice(body.get("tool_choice")),
+        response_format=response_format,
         user=optional(metadata, "user_id", str, "metadata."),
         extra=extra,
         extra_wire=WIRE if extra else None,
@@ -173,16 +176,54 @@ def _decode_tool_choice(raw: Any) -> ToolChoice | None:
                       parallel=None if disable is None else not disable)
 
 
+def _decode_output_format(body: dict[str, Any], extra: dict[str, Any]) -> ResponseFormat | None:
+    """Anthropic's structured output (``output_config.format``, or the older ``output_format``) as a response format.
+
+    The other ``output_config`` fields (``effort``...) stay in ``extra``.
+    """
+    config = optional(body, "output_config", dict)
+    fmt, where = None, "output_config.format"
+    if config is not None and config.get("format") is not None:
+        fmt = check(config["format"], dict, where)
+        rest = {k: v for k, v in config.items() if k != "format"}
+        if rest:
+            extra["output_config"] = rest
+        else:
+            extra.pop("output_config", None)
+    elif body.get("output_format") is not None:
+        fmt, where = check(body["output_format"], dict, "output_format"), "output_format"
+    if fmt is None:
+        return None
+    kind = require(fmt, "type", str, where + ".")
+    if kind != "json_schema":
+        raise InvalidRequestError(f"field '{where}.type' has unknown value {kind!r}; expected 'json_schema'",
+                                  param=f"{where}.type")
+    return ResponseFormat("json_schema", schema=require(fmt, "schema", dict, where + "."))
+
+
+def _encode_output_format(rf: ResponseFormat | None, body: dict[str, Any]) -> None:
+    if rf is None or rf.type == "text":
+        return
+    if rf.type != "json_schema" or rf.schema is None:
+        raise InvalidRequestError(
+            "Anthropic models have no JSON mode; give response_format a json_schema (type 'json_schema' "
+            "with a schema) to get JSON from them", param="response_format")
+    config = body.get("output_config")
+    body["output_config"] = {**(config if isinstance(config, dict) else {}),
+                             "format": {"type": "json_schema", "schema": rf.schema}}
+
+
 def encode_request(request: Request) -> dict[str, Any]:
-    """The ``/v1/messages`` body for an Anthropic upstream."""
+    """The ``/v1/messages`` body for an Anthropic upstream.
+
+    A ``json_schema`` response format becomes Anthropic's native structured
+    output, ``output_config.format`` (the structured-output stage first fits the
+    schema to what Anthropic enforces).
+    """
     if request.n != 1:
         raise InvalidRequestError("Anthropic models return one choice per request; set n to 1", param="n")
     if request.logprobs:
         raise InvalidRequestError("Anthropic models do not return logprobs; drop 'logprobs'", param="logprobs")
-    if request.response_format is not None and request.response_format.type != "text":
-        raise InvalidRequestError(
-            "response_format is not translated to Anthropic models by this release; ask for JSON in the "
-            "prompt, or use a tool with an input schema", param="response_format")
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
     for message in request.messages:
@@ -228,6 +269,7 @@ def encode_request(request: Request) -> dict[str, Any]:
         body["tool_choice"] = choice
     if request.user is not None:
         body["metadata"] = {**(body.get("metadata") or {}), "user_id": request.user}
+    _encode_output_format(request.response_format, body)
     if request.stream:
         body["stream"] = True
     return body

@@ -6,6 +6,10 @@ path of a ``.gguf`` file or Hugging Face model directory. Needs the extra:
 ``pip install 'thrifty[local]'``; torch and transformers are imported on first
 use, not when this package is imported.
 
+``response_format`` (``json_schema`` or ``json_object``) is enforced inside the
+decode loop by a grammar (:mod:`thrifty.contracts.grammar`, needs ``xgrammar``),
+so a local model's structured answers are valid JSON of the schema.
+
 Importing this package registers the ``local`` provider kind.
 """
 

@@ -6,6 +6,10 @@ model's lock (one generation per model at a time, the others queue), so the
 async face runs it in a worker thread of its own and the event loop is never
 blocked; closing a stream, or cancelling the awaiting task, stops generation
 after the current decode step and releases the lock.
+
+``response_format`` is honoured as OpenAI honours it on its servers:
+``json_schema`` and ``json_object`` constrain every decode step with a grammar
+(:mod:`thrifty.contracts.grammar`), so the answer is JSON of that schema.
 """
 
 from __future__ import annotations
@@ -137,7 +141,11 @@ class LocalProvider(Provider):
         loaded = self._model(request.model)
         prompt_ids = render_prompt(loaded.tokenizer, request, loaded.name)
         params = _decode_params(request, len(prompt_ids), loaded.info.context_length, loaded.name)
-        return _Call(loaded, prompt_ids, params, list(ctx.decode_hooks), ctx.deadline)
+        hooks = list(ctx.decode_hooks)
+        grammar = _output_grammar(request, loaded)
+        if grammar is not None:
+            hooks.append(grammar)  # last: no later hook may lift its mask
+        return _Call(loaded, prompt_ids, params, hooks, ctx.deadline)
 
     def _generate(
         self, call: _Call, stats: GenerationStats, cancel: threading.Event | None
@@ -237,6 +245,21 @@ def local_provider_factory(name: str, config: ProviderConfig, settings: Settings
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _output_grammar(request: Request, loaded: LoadedModel) -> DecodeHookFactory | None:
+    """The grammar of ``request.response_format`` (compiled once per schema), or None for free text.
+
+    OpenAI enforces ``json_schema`` and ``json_object`` on its servers; a local
+    model does the same here, by masking every decode step (see
+    :mod:`thrifty.contracts.grammar`).
+    """
+    if request.response_format is None:
+        return None
+    from thrifty.contracts.grammar import grammar_cache, schema_of
+
+    schema = schema_of(request.response_format)
+    return None if schema is None else grammar_cache().compile(loaded.info, schema)
 
 
 def _decode_params(request: Request, prompt_tokens: int, context: int, model: str) -> DecodeParams:
