@@ -37,7 +37,7 @@ bench: setup
 # with the settings of the shipped weights (thrifty/compressors/weights/minilm-keep-v1/;
 # about 40 minutes on a busy 2-core machine, see docs/benchmarks.md)
 train-compressor: setup
-	nice -n 10 $(PY) -m thrifty.compressors.train all --seed 0 --limit 410 --epochs 4 --batch-size 8 \
+	nice -n 10 $(PY) -m thrifty.compressors.train all --seed 0 --limit 2000 --epochs 4 --batch-size 8 \
 		--max-label-minutes 90 --max-minutes 60
 
 # local LLMs for bench/compression.py (not part of setup or test): Qwen2.5-Coder
