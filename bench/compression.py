@@ -1,8 +1,10 @@
 """Prompt compression: does the compressed context still answer the question, and how fast is it?
 
-Two commands:
+Commands:
 
     .venv/bin/python bench/compression.py build-eval     # writes bench/data/compression_qa.jsonl
+    .venv/bin/python bench/compression.py build-eval --set dev --seed 1   # bench/data/compression_dev.jsonl
+    .venv/bin/python bench/compression.py teachers       # teacher labelings compared on the dev set
     .venv/bin/python bench/compression.py run            # prints a table, writes bench/results/compression.json
 
 ``build-eval`` makes the evaluation set from held-out passages of the
@@ -12,19 +14,22 @@ passage one templated fact sentence is written at a seeded sentence boundary
 (a name, city, language, animal ... about a fictional project), with a question
 whose answer is that short phrase, verbatim in the passage. The rest of the
 passage is real text the compressor must drop around the fact. No model is
-involved, so the set is exact and reproducible.
+involved, so the set is exact and reproducible. ``--set dev`` builds the same
+kind of items from training passages that were never labelled, for choosing
+teachers and models without looking at the evaluation set.
 
 ``run`` compresses each passage at keep rates 0.5 and 0.33 with: thrifty's
-compressor (exact and fast modes), random word dropping at the same rate
+compressor (exact mode; fast mode, the distilled student; ``thrifty-bf16``, the
+full model in bfloat16, for reference), random word dropping at the same rate
 (seeded), LLMLingua-1 (the ``llmlingua`` package with a local causal LM) and
 ``llmlingua``'s own LLMLingua-2 path on thrifty's weights; and reports the
 achieved rate (tokens after / before, cl100k), answer-span survival (the gold
-answer still present in the compressed text, compared after lower-casing and
-removing punctuation) and the QA model's accuracy (normalised gold answer
-contained in its answer) on the original and on each compressed context. It
-also times each compressor on a ~10k-token prompt (ms per 1k tokens, in one
-process) and measures keep-decision agreement of thrifty's fast mode with its
-exact mode.
+answer still present in the compressed text) and the QA model's accuracy (the
+gold answer contained in its answer), both compared as SQuAD's evaluation
+compares answers (lower-cased, punctuation and articles removed), on the
+original and on each compressed context. It also times each compressor on a
+~10k-token prompt (ms per 1k tokens, in one process) and measures the
+keep-decision agreement of each other thrifty runtime with the exact mode.
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 import models as bench_models  # noqa: E402
 
 EVAL_PATH = ROOT / "bench" / "data" / "compression_qa.jsonl"
+#: The development set: the same kind of items from training-corpus passages that were never labelled
+#: (beyond the first ``--skip`` the model is trained on), for choosing between teachers and models
+#: without looking at the evaluation set.
+DEV_PATH = ROOT / "bench" / "data" / "compression_dev.jsonl"
 RESULTS = ROOT / "bench" / "results" / "compression.json"
 RATES = (0.5, 0.33)
 QA_MODEL = "qwen-0.5b"
@@ -63,8 +72,9 @@ WORK = Path.home() / ".cache" / "thrifty" / "compressor-train"
 
 
 def normalise(text: str) -> str:
-    """Lower-case, punctuation to spaces, whitespace collapsed (how answers and spans are compared)."""
-    return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
+    """How answers and spans are compared, as SQuAD's evaluation does: lower-case, punctuation to
+    spaces, the articles a/an/the removed, whitespace collapsed ("A ring-buffer." == "ring buffer")."""
+    return " ".join(w for w in re.sub(r"[^0-9a-z]+", " ", text.lower()).split() if w not in ("a", "an", "the"))
 
 
 def contains(haystack: str, needle: str) -> bool:
@@ -127,8 +137,12 @@ class LocalLM:
 QA_SYSTEM = "Answer the question using the context. Reply with only the answer: a short phrase, no sentence."
 
 
+def qa_prompt(context: str, question: str) -> str:
+    return f"Context:\n{context}\n\nQuestion: {question}"
+
+
 def answer(lm: LocalLM, context: str, question: str) -> str:
-    return lm.chat(QA_SYSTEM, f"Context:\n{context}\n\nQuestion: {question}", max_new_tokens=24)
+    return lm.chat(QA_SYSTEM, qa_prompt(context, question), max_new_tokens=24)
 
 
 # ---------------------------------------------------------------- building the evaluation set
@@ -183,10 +197,23 @@ def make_question(passage: dict[str, Any], rng: random.Random) -> dict[str, Any]
     return {"id": passage["id"], "doc": passage["doc"], "passage": body, "question": question, "answer": gold}
 
 
+def set_path(name: str) -> Path:
+    return DEV_PATH if name == "dev" else EVAL_PATH
+
+
+def read_set(name: str, limit: int = 0) -> list[dict[str, Any]]:
+    path = set_path(name)
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return rows[:limit] if limit else rows
+
+
 def build_eval(args: argparse.Namespace) -> None:
     from thrifty.compressors import _data
 
-    held = _data.read_jsonl(Path(args.work) / "heldout.jsonl")
+    source = "heldout.jsonl" if args.set == "eval" else "train.jsonl"
+    held = _data.read_jsonl(Path(args.work) / source)
+    if args.set == "dev":
+        held = held[args.skip :]  # training passages the model is not trained on
     held.sort(key=lambda p: p["id"])
     rng = random.Random(args.seed)
     rng.shuffle(held)
@@ -201,20 +228,27 @@ def build_eval(args: argparse.Namespace) -> None:
         row = make_question(passage, rng)
         if row["answer"] in row["passage"] and not contains(row["question"], row["answer"]):
             rows.append(row)
-    EVAL_PATH.parent.mkdir(parents=True, exist_ok=True)
-    with EVAL_PATH.open("w", encoding="utf-8") as fh:
+    out = set_path(args.set)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row) + "\n")
-    heldout = Path(args.work) / "heldout.jsonl"
-    meta = {
-        "command": f"python bench/compression.py build-eval --size {args.size} --seed {args.seed}",
-        "source": "held-out passages of python -m thrifty.compressors.train corpus (documents not used in training)",
-        "heldout_sha256": hashlib.sha256(heldout.read_bytes()).hexdigest(),
-        "eval_sha256": hashlib.sha256(EVAL_PATH.read_bytes()).hexdigest(),
-        "questions": len(rows),
-    }
-    EVAL_PATH.with_suffix(".meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {len(rows)} questions to {EVAL_PATH}")
+    command = f"python bench/compression.py build-eval --size {args.size} --seed {args.seed}"
+    if args.set == "eval":
+        meta = {
+            "command": command,
+            "source": "held-out passages of python -m thrifty.compressors.train corpus (documents not used in training)",
+            "heldout_sha256": hashlib.sha256((Path(args.work) / source).read_bytes()).hexdigest(),
+        }
+    else:
+        meta = {
+            "command": f"{command} --set dev --skip {args.skip}",
+            "source": f"training passages after the first {args.skip} (never labelled, so never trained on)",
+            "train_sha256": hashlib.sha256((Path(args.work) / source).read_bytes()).hexdigest(),
+        }
+    meta |= {"eval_sha256": hashlib.sha256(out.read_bytes()).hexdigest(), "questions": len(rows)}
+    out.with_suffix(".meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {len(rows)} questions to {out}")
 
 
 # ---------------------------------------------------------------- compressors
@@ -283,17 +317,24 @@ def random_drop(seed: int) -> Compress:
 
 
 def thrifty_compressor(mode: str) -> Any:
-    """thrifty's compressor in ``mode`` on its shipped weights, or None when the runtime is missing."""
+    """thrifty's compressor in ``mode`` on its shipped weights, or None when the runtime is missing.
+
+    ``bf16`` is not a mode: the full six-layer model in bfloat16 (what the fast mode ran before the
+    distilled student), kept as a reference for speed and agreement.
+    """
     try:
         from thrifty.compressors import Compressor
+        from thrifty.compressors.model import default_model_dir
     except ImportError:
         return None
+    if mode == "bf16":
+        return Compressor.load(mode="fast", model=str(default_model_dir()))
     return Compressor.load(mode=mode)
 
 
-def as_function(compressor: Any) -> Compress:
+def as_function(compressor: Any, sentence_weight: float | None = None) -> Compress:
     def run(text: str, rate: float) -> str:
-        return compressor.compress(text, rate=rate).text
+        return compressor.compress(text, rate=rate, sentence_weight=sentence_weight).text
 
     return run
 
@@ -361,12 +402,11 @@ def compare_teachers(args: argparse.Namespace) -> None:
     from thrifty.compressors import _data, train
 
     torch.set_num_threads(args.threads)
-    rows = [json.loads(line) for line in EVAL_PATH.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if args.limit:
-        rows = rows[: args.limit]
+    rows = read_set(args.set, args.limit)
     tokenizer = train._tokenizer()
     out: dict[str, Any] = {}
-    teachers = {"smollm2-135m": "smollm2-135m", "qwen-0.5b": str(bench_models.model_dir("qwen-0.5b"))}
+    known = {"smollm2-135m": "smollm2-135m", "qwen-0.5b": str(bench_models.model_dir("qwen-0.5b"))}
+    teachers = {name: known[name] for name in args.teachers.split(",")}
     for label, name in teachers.items():
         model, lm_tokenizer = train.load_teacher(name)
         started = time.perf_counter()
@@ -376,19 +416,75 @@ def compare_teachers(args: argparse.Namespace) -> None:
             token_spans, token_scores = _data.token_surprisal(model, lm_tokenizer, r["passage"])
             scored.append((spans, token_spans, token_scores))
         seconds = time.perf_counter() - started
-        entry: dict[str, Any] = {"seconds_per_passage": round(seconds / len(rows), 3)}
-        for rate in RATES:
-            hits = 0
-            for r, (spans, token_spans, token_scores) in zip(rows, scored, strict=True):
-                _, labels = _data.label_words(spans, token_spans, token_scores, keep_rate=rate, text=r["passage"])
-                text = " ".join(r["passage"][s:e] for (s, e), k in zip(spans, labels, strict=True) if k)
-                hits += contains(text, r["answer"])
-            entry[f"span_survival@{rate}"] = round(hits / len(rows), 3)
-        out[label] = entry
-        print(label, json.dumps(entry), flush=True)
+        for prior in args.priors.split(","):
+            entry: dict[str, Any] = {"seconds_per_passage": round(seconds / len(rows), 3)}
+            for rate in RATES:
+                hits = 0
+                for r, (spans, token_spans, token_scores) in zip(rows, scored, strict=True):
+                    _, labels = _data.label_words(spans, token_spans, token_scores, keep_rate=rate,
+                                                  text=r["passage"], prior=prior)
+                    text = " ".join(r["passage"][s:e] for (s, e), k in zip(spans, labels, strict=True) if k)
+                    hits += contains(text, r["answer"])
+                entry[f"span_survival@{rate}"] = round(hits / len(rows), 3)
+            out[f"{label} prior={prior}"] = entry
+            print(label, prior, json.dumps(entry), flush=True)
         del model
     path = RESULTS.with_name("compression_teachers.json")
-    path.write_text(json.dumps({"questions": len(rows), "teachers": out}, indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps({"set": args.set, "questions": len(rows), "teachers": out}, indent=2) + "\n",
+                    encoding="utf-8")
+
+
+# ---------------------------------------------------------------- sentence weights
+
+
+def compare_sentence_weights(args: argparse.Namespace) -> None:
+    """The exact mode at several ``sentence_weight`` values: QA accuracy and answer-span survival on a
+    question set, and on held-out passages without inserted facts, what each weight does to ordinary
+    text (sentences left with no content word, content words kept)."""
+    import numpy as np
+    import torch
+
+    from thrifty.compressors import _data
+    from thrifty.compressors.lingua import Compressor
+
+    torch.set_num_threads(args.threads)
+    weights = [float(w) for w in args.weights.split(",")]
+    exact = Compressor.load("exact")
+    rows = read_set(args.set, args.limit)
+    ask = AnswerCache(LocalLM(args.qa_model)) if args.qa_limit else None
+    out: dict[str, Any] = {"set": args.set, "rate": args.rate, "qa_model": args.qa_model, "weights": {}}
+    if ask is not None:
+        hits = [contains(ask(r["passage"], r["question"]), r["answer"]) for r in rows[: args.qa_limit]]
+        out["original_accuracy"] = round(sum(hits) / len(hits), 3)
+    held = _data.read_jsonl(WORK / "heldout.jsonl")[: args.passages]
+    for w in weights:
+        texts = [exact.compress(r["passage"], args.rate, sentence_weight=w).text for r in rows]
+        entry: dict[str, Any] = {
+            "span_survival": round(sum(contains(t, r["answer"]) for t, r in zip(texts, rows, strict=True)) / len(rows), 3)
+        }
+        if ask is not None:
+            pairs = list(zip(texts, rows, strict=True))[: args.qa_limit]
+            entry["accuracy"] = round(sum(contains(ask(t, r["question"]), r["answer"]) for t, r in pairs) / len(pairs), 3)
+        wiped = sentences = content = kept = 0
+        for passage in held:
+            d = exact.keep_decisions(passage["text"], args.rate, sentence_weight=w)
+            ends = np.array([x in (".", "!", "?") for x in d.words])
+            sentence = np.cumsum(ends) - ends
+            is_content = np.array([len(x) >= 4 and not _data.is_function_word(x) for x in d.words])
+            for sid in np.unique(sentence):
+                m = (sentence == sid) & is_content
+                if m.sum() < 3:
+                    continue
+                sentences += 1
+                wiped += int(d.keep[m].sum() == 0)
+                content += int(m.sum())
+                kept += int(d.keep[m].sum())
+        entry["sentences_wiped"] = round(wiped / max(sentences, 1), 4)
+        entry["content_words_kept"] = round(kept / max(content, 1), 4)
+        out["weights"][str(w)] = entry
+        print(f"sentence_weight {w}: {json.dumps(entry)}", flush=True)
+    path = RESULTS.with_name("compression_sentence_weight.json")
+    path.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
 
 
 # ---------------------------------------------------------------- the run
@@ -421,18 +517,19 @@ def time_per_1k(fn: Compress, text: str, tokens: int, repeats: int) -> float:
     return min(times) * 1000 / (tokens / 1000)
 
 
-def agreement(exact: Any, fast: Any, text: str) -> float:
+def agreement(exact: Any, fast: Any, text: str, sentence_weight: float | None = None) -> float:
     """Share of words with the same keep decision in thrifty's exact and fast modes."""
-    a = exact.keep_decisions(text, 0.5).keep
-    b = fast.keep_decisions(text, 0.5).keep
+    a = exact.keep_decisions(text, 0.5, sentence_weight=sentence_weight).keep
+    b = fast.keep_decisions(text, 0.5, sentence_weight=sentence_weight).keep
     if len(a) != len(b):
-        ma = keep_mask(text, exact.compress(text, rate=0.5).text)
-        mb = keep_mask(text, fast.compress(text, rate=0.5).text)
+        ma = keep_mask(text, exact.compress(text, rate=0.5, sentence_weight=sentence_weight).text)
+        mb = keep_mask(text, fast.compress(text, rate=0.5, sentence_weight=sentence_weight).text)
         return sum(x == y for x, y in zip(ma, mb, strict=True)) / len(ma)
     return float((a == b).mean())
 
 
-ALL_METHODS = ("thrifty-exact", "thrifty-fast", "llmlingua2-thrifty-weights", "random", "llmlingua1-smollm2")
+ALL_METHODS = ("thrifty-exact", "thrifty-fast", "thrifty-bf16", "thrifty-exact-sw0", "thrifty-fast-sw0",
+               "llmlingua2-thrifty-weights", "random", "llmlingua1-smollm2")
 
 
 def load_methods(names: list[str], seed: int, tmp: Path) -> tuple[dict[str, Compress], dict[str, Any], dict[str, str]]:
@@ -441,16 +538,19 @@ def load_methods(names: list[str], seed: int, tmp: Path) -> tuple[dict[str, Comp
     notes: dict[str, str] = {}
     for name in names:
         if name.startswith("thrifty-"):
-            mode = name.removeprefix("thrifty-")
+            # "-sw0": llmlingua's selection rule (sentence_weight=0) instead of thrifty's default
+            mode, plain = name.removeprefix("thrifty-").removesuffix("-sw0"), name.endswith("-sw0")
             compressor = thrifty_compressor(mode)
             if compressor is None:
                 notes[name] = "thrifty.compressors.Compressor is not available"
                 continue
-            runtimes[mode] = compressor
-            methods[name] = as_function(compressor)
+            if not plain:
+                runtimes[mode] = compressor
+            methods[name] = as_function(compressor, 0.0 if plain else None)
         elif name == "llmlingua2-thrifty-weights":
-            weights = ROOT / "thrifty" / "compressors" / "weights" / "minilm-keep-v1"
-            methods[name] = llmlingua2(full_model_dir(weights, tmp))
+            from thrifty.compressors.model import default_model_dir
+
+            methods[name] = llmlingua2(full_model_dir(default_model_dir(), tmp))
         elif name == "random":
             methods[name] = random_drop(seed)
         elif name == "llmlingua1-smollm2":
@@ -468,12 +568,22 @@ class AnswerCache:
         self.path = bench_models.cache_root() / f"qa-answers-{lm.name}.json"
         self.data: dict[str, str] = json.loads(self.path.read_text()) if self.path.is_file() else {}
 
+    @staticmethod
+    def key(context: str, question: str) -> str:
+        return hashlib.sha256(f"{QA_SYSTEM}\0{context}\0{question}".encode()).hexdigest()
+
+    def _save(self) -> None:
+        # another run may share the file: merge with what it wrote, and swap the file whole
+        on_disk = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**on_disk, **self.data}))
+        tmp.replace(self.path)
+
     def __call__(self, context: str, question: str) -> str:
-        key = hashlib.sha256(f"{QA_SYSTEM}\0{context}\0{question}".encode()).hexdigest()
+        key = self.key(context, question)
         if key not in self.data:
             self.data[key] = answer(self.lm, context, question)
-            on_disk = json.loads(self.path.read_text()) if self.path.is_file() else {}
-            self.path.write_text(json.dumps({**on_disk, **self.data}))  # another run may share the file
+            self._save()
         return self.data[key]
 
 
@@ -482,25 +592,25 @@ def run(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    rows = [json.loads(line) for line in EVAL_PATH.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if args.limit:
-        rows = rows[: args.limit]
+    rows = read_set(args.set, args.limit)
     names = args.methods.split(",") if args.methods else list(ALL_METHODS)
     tmp = Path(tempfile.mkdtemp(prefix="thrifty-bench-compression-"))
     speed: dict[str, float] = {}
     speed_tokens = 0
-    agree: float | None = None
+    agree: dict[str, float] | None = None
     try:
         with tiktoken_cache():
             methods, runtimes, notes = load_methods(names, args.seed, tmp)
             if not args.no_speed:
                 text = speed_prompt(rows)
                 tokens = speed_tokens = count_tokens(text)
-                for name in ("thrifty-exact", "thrifty-fast", "llmlingua2-thrifty-weights"):
+                for name in ("thrifty-exact", "thrifty-fast", "thrifty-bf16", "llmlingua2-thrifty-weights"):
                     if name in methods:
                         speed[name] = round(time_per_1k(methods[name], text, tokens, args.repeats), 1)
-                if len(runtimes) == 2:
-                    agree = agreement(runtimes["exact"], runtimes["fast"], text)
+                if "exact" in runtimes:
+                    agree = {f"thrifty-{mode}{tag}": round(agreement(runtimes["exact"], c, text, w), 4)
+                             for mode, c in runtimes.items() if mode != "exact"
+                             for tag, w in (("", None), ("-sw0", 0.0))}
                 print(f"speed on a {tokens}-token prompt (ms per 1k tokens): {speed}", file=sys.stderr)
             compressed: dict[str, dict[float, list[str]]] = {}
             for name, fn in methods.items():
@@ -541,10 +651,20 @@ def argv_is_cli() -> bool:
     return len(sys.argv) > 1 and sys.argv[1] == "run"
 
 
-def merge_results(table: list[dict[str, Any]], speed: dict[str, float], speed_tokens: int, agree: float | None,
+def results_path(args: argparse.Namespace) -> Path:
+    """``compression.json`` for the evaluation set read by the default QA model; else named by set and model."""
+    if args.set == "eval" and args.qa_model == QA_MODEL:
+        return RESULTS
+    suffix = "" if args.set == "eval" else f"_{args.set}"
+    return RESULTS.with_name(f"compression{suffix}_{args.qa_model}.json")
+
+
+def merge_results(table: list[dict[str, Any]], speed: dict[str, float], speed_tokens: int,
+                  agree: dict[str, float] | None,
                   notes: dict[str, str], args: argparse.Namespace, command: str) -> dict[str, Any]:
-    """Fold this run's rows into bench/results/compression.json (rows replaced by method and rate)."""
-    old = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.is_file() and not args.fresh else {}
+    """Fold this run's rows into its results file (rows replaced by method and rate)."""
+    path = results_path(args)
+    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() and not args.fresh else {}
     previous = {(r["method"], r["rate"]): r for r in old.get("rows", [])}
     for row in table:
         row["command"] = command
@@ -555,20 +675,20 @@ def merge_results(table: list[dict[str, Any]], speed: dict[str, float], speed_to
             row["command"] = f"{command}; QA: {before['command']}"
     keep = [r for r in old.get("rows", []) if (r["method"], r["rate"]) not in {(t["method"], t["rate"]) for t in table}]
     result = {
-        "eval_set": str(EVAL_PATH.relative_to(ROOT)),
+        "eval_set": str(set_path(args.set).relative_to(ROOT)),
         "qa_model": args.qa_model,
         "threads": args.threads,
         "rows": keep + table,
         "speed_ms_per_1k_tokens": speed or old.get("speed_ms_per_1k_tokens", {}),
         "speed_prompt_tokens": speed_tokens or old.get("speed_prompt_tokens", 0),
         "speed_command": command if speed else old.get("speed_command"),
-        "fast_vs_exact_keep_agreement": agree if agree is not None else old.get("fast_vs_exact_keep_agreement"),
+        "keep_agreement_with_exact": agree if agree else old.get("keep_agreement_with_exact"),
         "notes": {**old.get("notes", {}), **notes},
     }
     order = {m: i for i, m in enumerate(("original", *ALL_METHODS))}
     result["rows"].sort(key=lambda r: (order.get(r["method"], 99), -r["rate"]))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
 
 
@@ -581,8 +701,8 @@ def print_table(result: dict[str, Any]) -> None:
               f"{row.get('questions', '-'):>5}{acc:>8}{row.get('qa_questions', '-'):>6}")
     for name, ms in result["speed_ms_per_1k_tokens"].items():
         print(f"speed {name:<28}{ms:>8.1f} ms / 1k tokens ({result['speed_prompt_tokens']}-token prompt)")
-    if result["fast_vs_exact_keep_agreement"] is not None:
-        print(f"keep-decision agreement fast vs exact: {result['fast_vs_exact_keep_agreement']:.4f}")
+    for name, share in (result["keep_agreement_with_exact"] or {}).items():
+        print(f"keep-decision agreement of {name} with thrifty-exact: {share:.4f}")
     for name, note in result["notes"].items():
         print(f"note: {name}: {note}")
 
@@ -594,11 +714,26 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--work", default=str(WORK))
     b.add_argument("--size", type=int, default=80)
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--set", choices=("eval", "dev"), default="eval")
+    b.add_argument("--skip", type=int, default=2000, help="dev: training passages to skip (those labelled)")
     t = sub.add_parser("teachers", help="compare teacher labelings by answer-span survival")
+    t.add_argument("--set", choices=("eval", "dev"), default="dev")
     t.add_argument("--limit", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--teachers", default="smollm2-135m,qwen-0.5b")
+    t.add_argument("--priors", default="none,function-words")
+    w = sub.add_parser("sentences", help="compare sentence_weight values (QA, span survival, ordinary text)")
+    w.add_argument("--set", choices=("eval", "dev"), default="dev")
+    w.add_argument("--weights", default="0,1,2,4,8")
+    w.add_argument("--rate", type=float, default=0.5)
+    w.add_argument("--limit", type=int, default=0)
+    w.add_argument("--qa-limit", type=int, default=120)
+    w.add_argument("--qa-model", default=QA_MODEL, choices=sorted(bench_models.MODELS))
+    w.add_argument("--passages", type=int, default=150, help="held-out passages for the ordinary-text figures")
+    w.add_argument("--threads", type=int, default=2)
     r = sub.add_parser("run", help="run the benchmark")
     r.add_argument("--qa-model", default=QA_MODEL, choices=sorted(bench_models.MODELS))
+    r.add_argument("--set", choices=("eval", "dev"), default="eval")
     r.add_argument("--limit", type=int, default=0)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--threads", type=int, default=2)
@@ -618,6 +753,8 @@ def main(argv: list[str] | None = None) -> None:
         build_eval(args)
     elif args.command == "teachers":
         compare_teachers(args)
+    elif args.command == "sentences":
+        compare_sentence_weights(args)
     else:
         run(args)
 

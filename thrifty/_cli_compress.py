@@ -16,18 +16,22 @@ _PROGRESS_FROM = 4_000  # model tokens; smaller inputs finish before a bar would
 @click.option("--rate", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
               help="Share of the compressible tokens to keep.")
 @click.option("--mode", type=click.Choice(["fast", "exact"]), default="fast", show_default=True,
-              help="fast: bfloat16; exact: full precision, llmlingua's decisions.")
+              help="fast: a distilled shallower model in bfloat16; exact: the full model in float32, "
+                   "llmlingua's decisions.")
 @click.option("--model", "model", type=click.Path(exists=True, file_okay=False), default=None,
               help="Weights directory (default: thrifty's shipped weights).")
 @click.option("--force-keep", multiple=True, metavar="TERM", help="A term to keep wherever it occurs (repeatable).")
 @click.option("--protect", multiple=True, metavar="REGEX", help="A regular expression whose matches are kept.")
+@click.option("--sentence-weight", type=click.FloatRange(0, 100), default=None,
+              help="Lift of a sentence's mean keep probability on its words (0: llmlingua's rule; default 2).")
 @click.option("--no-default-protection", is_flag=True,
               help="Do not protect code, JSON, URLs, numbers, IDs, dates, e-mails and quotes.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True), default="-",
               show_default=True, help="Where to write the compressed text.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary line on stderr.")
 def compress(file: str, rate: float, mode: str, model: str | None, force_keep: tuple[str, ...],
-             protect: tuple[str, ...], no_default_protection: bool, output: str, quiet: bool) -> None:
+             protect: tuple[str, ...], sentence_weight: float | None, no_default_protection: bool, output: str,
+             quiet: bool) -> None:
     """Compress the text in FILE ('-' for standard input) to about RATE of its tokens.
 
     Malformed UTF-8 bytes pass through unchanged. Protected spans (code, JSON,
@@ -69,7 +73,8 @@ def compress(file: str, rate: float, mode: str, model: str | None, force_keep: t
 
         try:
             result = compressor.compress(text, rate, force_keep=force_keep, patterns=protect,
-                                         protect=not no_default_protection, progress=progress)
+                                         protect=not no_default_protection, progress=progress,
+                                         sentence_weight=sentence_weight)
         finally:
             if bar is not None:
                 bar.__exit__(None, None, None)

@@ -141,6 +141,10 @@ class CompressionSettings(BaseModel):
     force_keep: list[str] = Field(default_factory=list, description="terms always kept as written")
     protect: list[str] = Field(default_factory=list, description="regular expressions whose matches are kept")
     fail_open: bool = Field(default=True, description="on a compressor failure send the call uncompressed")
+    sentence_weight: float | None = Field(
+        default=None, ge=0, le=100,
+        description="lift of a sentence's mean keep probability on its words (0: llmlingua's rule; "
+        "unset: the compressor's default, 2 for llmlingua2)")
 
 
 class AliasConfig(BaseModel):

@@ -58,3 +58,16 @@ def test_progress_bar_on_large_input(tmp_path, weights):
     result = run(str(src), "--model", str(weights), "-o", str(tmp_path / "o.txt"))
     assert result.exit_code == 0, result.output
     assert "compressing" in result.stderr
+
+
+def test_sentence_weight_option(tmp_path, weights):
+    from thrifty.compressors.lingua import Compressor
+
+    src = tmp_path / "in.txt"
+    src.write_text(PASSAGE * 3, encoding="utf-8")
+    result = run(str(src), "--mode", "exact", "--model", str(weights), "--sentence-weight", "0", "-q")
+    assert result.exit_code == 0
+    ref = Compressor.load("exact", str(weights)).compress(PASSAGE * 3, 0.5, sentence_weight=0).text
+    assert result.stdout == ref
+    bad = run(str(src), "--model", str(weights), "--sentence-weight", "-2")
+    assert bad.exit_code != 0 and "sentence-weight" in bad.output

@@ -153,3 +153,22 @@ def test_a_100k_token_document(fast):
     text = " ".join(rng.choice(words, size=80_000).tolist())
     result = fast.compress(text, 0.5)
     assert result.tokens_before > 80_000 and result.tokens_after < 0.7 * result.tokens_before
+
+
+def test_sentence_weight_lifts_the_words_of_informative_sentences(exact):
+    from thrifty.compressors.lingua import _sentence_scores
+
+    p = np.array([0.9, 0.8, 0.3, 0.6, 0.2, 0.1], dtype=np.float32)
+    sentence = np.array([4, 4, 4, 5, 5, 5])  # two sentences, means 0.667 and 0.3
+    scores = _sentence_scores(p, sentence, 1.0)
+    # the weak word of the strong sentence now outranks the best word of the weak one
+    assert scores[2] > scores[3] and p[2] < p[3]
+    assert np.allclose(_sentence_scores(p, sentence, 0.0), p)
+    text = PASSAGE * 2
+    plain, weighted = exact.keep_decisions(text, 0.5, sentence_weight=0), exact.keep_decisions(text, 0.5)
+    assert plain.words == weighted.words and np.array_equal(plain.probs, weighted.probs)
+    assert abs(int(plain.keep.sum()) - int(weighted.keep.sum())) <= 0.05 * len(plain.keep)
+    assert exact.compress(text, 0.5, sentence_weight=0).text != exact.compress(text, 0.5, sentence_weight=3).text
+    for bad in (-1, 101, "high", True):
+        with pytest.raises(InvalidRequestError, match="sentence_weight"):
+            exact.compress(text, 0.5, sentence_weight=bad)

@@ -210,3 +210,19 @@ def test_an_alias_can_ask_for_compression(tmp_path, upstream, weights):
         assert detail["rate"] == 0.4
     finally:
         eng.close()
+
+
+def test_a_call_can_choose_the_sentence_weight(engine, upstream, weights):
+    from thrifty.compressors.lingua import Compressor
+
+    client = oai(engine, upstream)
+    ref = Compressor.load("fast", str(weights))
+    for weight in (0, 50):
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": LONG}],
+            extra_body={"thrifty": {"compress": {"rate": 0.5, "min_tokens": 50, "sentence_weight": weight}}})
+        assert _sent_texts(upstream) == [ref.compress(LONG, 0.5, sentence_weight=weight, target="gpt-4o-mini").text]
+    with pytest.raises(openai.BadRequestError, match="sentence_weight"):
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": LONG}],
+            extra_body={"thrifty": {"compress": {"sentence_weight": -1}}})

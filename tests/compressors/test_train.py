@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,63 @@ def test_surprisal_teacher_labels_a_tiny_passage() -> None:
     kept = {w for w, label in zip(words, row.labels, strict=True) if label}
     assert "Zorblax" in kept  # an unpredictable word carries information
     assert all(s >= 0 for s in row.scores)
+
+
+def test_function_word_prior_ranks_closed_classes_and_punctuation_below_content() -> None:
+    text = "The cache is not in shared memory ."
+    spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+    words = [text[s:e] for s, e in spans]
+    # surprisal alone would keep "The", "is", "in" and "." over "memory" (predictable after "shared")
+    scores = [5.0, 4.0, 6.0, 1.0, 7.0, 3.0, 0.5, 8.0]
+    plain = _data.labels_from_scores(spans, scores, keep_rate=0.5, text=text)
+    assert [w for w, k in zip(words, plain, strict=True) if k] == ["The", "is", "in", "."]
+    labels = _data.labels_from_scores(spans, scores, keep_rate=0.5, text=text, prior="function-words")
+    # negations carry meaning: "not" is content
+    assert [w for w, k in zip(words, labels, strict=True) if k] == ["cache", "not", "shared", "memory"]
+    # with room for more, the closed-class words come back by surprisal
+    more = _data.labels_from_scores(spans, scores, keep_rate=0.75, text=text, prior="function-words")
+    assert [w for w, k in zip(words, more, strict=True) if k] == ["cache", "not", "in", "shared", "memory", "."]
+    assert _data.is_function_word("THE") and _data.is_function_word("--") and not _data.is_function_word("without")
+    with pytest.raises(ValueError, match="prior"):
+        _data.labels_from_scores(spans, scores, keep_rate=0.5, text=text, prior="vibes")
+
+
+def test_fit_relabels_from_the_stored_scores() -> None:
+    text = "a cat and a dog"
+    row = {"text": text, "spans": [[0, 1], [2, 5], [6, 9], [10, 11], [12, 15]],
+           "scores": [9.0, 1.0, 8.0, 7.0, 2.0], "labels": [1, 0, 1, 1, 0]}
+    assert train.relabel(row, keep_rate=0.4, prior="function-words")["labels"] == [0, 1, 0, 0, 1]
+    assert train.relabel(row, keep_rate=0.4, prior="none")["labels"] == [1, 0, 1, 0, 0]
+
+
+def test_the_shipped_fast_variant_is_distilled_from_the_shipped_weights() -> None:
+    from thrifty.compressors.model import fast_variant_dir
+
+    manifest = json.loads((WEIGHTS / "manifest.json").read_text(encoding="utf-8"))
+    variant = fast_variant_dir(WEIGHTS)
+    assert variant is not None and variant.name == manifest["fast_variant"]
+    fast = json.loads((variant / "manifest.json").read_text(encoding="utf-8"))
+    assert fast["distilled_from"] == {"name": manifest["name"], "version": manifest["version"],
+                                      "delta_sha256": manifest["delta_sha256"]}
+    assert fast["base"] == manifest["base"]
+    assert 1 <= fast["num_hidden_layers"] < 6
+    delta = variant / "delta.safetensors"
+    assert fast["delta_sha256"] == _sha256(delta) and delta.stat().st_size < 8 * 2**20
+    assert "command" in fast["training"] and "metrics" in fast["training"]
+
+
+def test_rank_targets_order_every_word_as_the_teacher_does() -> None:
+    text = "The cache is not in shared memory ."
+    spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+    scores = [5.0, 4.0, 6.0, 1.0, 7.0, 3.0, 0.5, 8.0]
+    targets = _data.rank_targets(spans, scores, text=text, prior="function-words")
+    words = [text[s:e] for s, e in spans]
+    ranked = [w for _, w in sorted(zip(targets, words, strict=True), reverse=True)]
+    assert ranked == ["cache", "shared", "not", "memory", ".", "in", "is", "The"]
+    assert max(targets) == 1.0 and min(targets) == 0.0
+    # the hard labels at any rate are the top of the same order
+    for rate in (0.25, 0.5, 0.75):
+        hard = _data.labels_from_scores(spans, scores, keep_rate=rate, text=text, prior="function-words")
+        assert {w for w, k in zip(words, hard, strict=True) if k} == set(ranked[: sum(hard)])
+    row = {"text": text, "spans": [list(s) for s in spans], "scores": scores, "labels": []}
+    assert train.relabel(row, keep_rate=0.5, prior="function-words", targets="rank")["labels"] == targets

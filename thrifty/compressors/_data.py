@@ -23,6 +23,15 @@ word's information is the sum over the LM tokens that start inside it; the
 words (as the encoder's tokenizer splits them) with the highest information are
 labelled keep, the rest drop, at a fixed keep rate per passage.
 
+With the ``function-words`` prior (the default since ``minilm-keep-v2``),
+words of English's closed classes (articles, pronouns, prepositions,
+conjunctions, auxiliaries, a few adverbs; never negations such as "not",
+"no", "without" or "only") and bare punctuation rank below every other word,
+and surprisal orders the words within each class. Surprisal alone
+drops the predictable second half of a name or a phrase ("shared *memory*"),
+which is content; the closed classes are what a human (or the GPT-4 of the
+LLMLingua-2 paper) removes first.
+
 Everything heavy (torch, transformers) is imported inside functions.
 """
 
@@ -56,6 +65,25 @@ __all__ = [
 
 MIN_WORDS = 80
 MAX_WORDS = 300
+
+#: English closed-class words: what the ``function-words`` prior ranks below content words.
+FUNCTION_WORDS = frozenset("""
+a an the this that these those some any each every either all both
+i me my mine myself we us our ours ourselves you your yours yourself yourselves he him his himself
+she her hers herself it its itself they them their theirs themselves one ones
+who whom whose which what whatever whichever whoever
+and or but so yet if then than because although though while whereas unless until since as
+whether once
+of in on at by for with about against between into through during before after above below
+to from up down out off over under again further upon onto within via per among
+amongst across along around behind beyond toward towards despite like near
+be am is are was were been being have has had having do does did doing done
+will would shall should can could may might must ought
+very too also just quite rather such own same other another more most much many
+there here where when how why s t d ll m re ve
+""".split())
+
+PRIORS = ("none", "function-words")
 _CODE_LINE = re.compile(r"^\s*(>>>|\.\.\.|\$ |#|[-=~^*+]{3,}\s*$|\||def |class |import |from \S+ import )")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
 
@@ -263,12 +291,14 @@ def label_words(
     *,
     keep_rate: float,
     text: str = "",
+    prior: str = "none",
 ) -> tuple[list[float], list[int]]:
     """Word scores (sum of the surprisal of LM tokens starting in the word) and top-``keep_rate`` labels.
 
     An LM token that starts with whitespace counts from its first non-space
     character. Ties are broken by position (earlier first), so labels are
-    deterministic.
+    deterministic. ``prior`` is ``"none"`` (surprisal alone) or
+    ``"function-words"`` (see the module docstring).
     """
     scores = [0.0] * len(spans)
     starts = [s for s, _ in spans]
@@ -282,12 +312,48 @@ def label_words(
             scores[j] += value
         elif spans and j + 1 < len(spans) and start < spans[j + 1][0] and start >= spans[j][1]:
             continue  # whitespace or text outside the encoder's words
+    return scores, labels_from_scores(spans, scores, keep_rate=keep_rate, text=text, prior=prior)
+
+
+def is_function_word(word: str) -> bool:
+    """A closed-class English word, or a word with no letter or digit (punctuation)."""
+    return word.lower() in FUNCTION_WORDS or not any(ch.isalnum() for ch in word)
+
+
+def _order(spans: Sequence[tuple[int, int]], scores: Sequence[float], text: str, prior: str) -> list[int]:
+    """Word indices from most to least worth keeping: by ``prior`` class, then score, then position."""
+    if prior not in PRIORS:
+        raise ValueError(f"unknown label prior {prior!r}; use one of {', '.join(PRIORS)}")
+    low = [prior == "function-words" and is_function_word(text[s:e]) for s, e in spans]
+    return sorted(range(len(spans)), key=lambda i: (low[i], -scores[i], i))
+
+
+def rank_targets(
+    spans: Sequence[tuple[int, int]], scores: Sequence[float], *, text: str, prior: str = "none"
+) -> list[float]:
+    """Each word's place in the teacher's order as a keep target in [0, 1] (1: kept first, 0: dropped first).
+
+    Trained on these, a model's keep probability ranks the words as the teacher
+    does at every rate, not only at the one a hard label was cut at.
+    """
+    order = _order(spans, scores, text, prior)
+    targets = [1.0] * len(spans)
+    last = max(1, len(order) - 1)
+    for place, i in enumerate(order):
+        targets[i] = round(1.0 - place / last, 4)
+    return targets
+
+
+def labels_from_scores(
+    spans: Sequence[tuple[int, int]], scores: Sequence[float], *, keep_rate: float, text: str, prior: str = "none"
+) -> list[int]:
+    """The top ``keep_rate`` of the words by score, under ``prior`` (ties: earlier first)."""
+    order = _order(spans, scores, text, prior)
     keep = math.ceil(keep_rate * len(spans))
-    order = sorted(range(len(spans)), key=lambda i: (-scores[i], i))
     labels = [0] * len(spans)
     for i in order[:keep]:
         labels[i] = 1
-    return scores, labels
+    return labels
 
 
 def write_jsonl(path: Path, rows: Iterable[Any]) -> int:

