@@ -517,15 +517,22 @@ def time_per_1k(fn: Compress, text: str, tokens: int, repeats: int) -> float:
     return min(times) * 1000 / (tokens / 1000)
 
 
-def agreement(exact: Any, fast: Any, text: str, sentence_weight: float | None = None) -> float:
-    """Share of words with the same keep decision in thrifty's exact and fast modes."""
-    a = exact.keep_decisions(text, 0.5, sentence_weight=sentence_weight).keep
-    b = fast.keep_decisions(text, 0.5, sentence_weight=sentence_weight).keep
-    if len(a) != len(b):
-        ma = keep_mask(text, exact.compress(text, rate=0.5, sentence_weight=sentence_weight).text)
-        mb = keep_mask(text, fast.compress(text, rate=0.5, sentence_weight=sentence_weight).text)
-        return sum(x == y for x, y in zip(ma, mb, strict=True)) / len(ma)
-    return float((a == b).mean())
+def agreement(exact: Any, others: dict[str, Any], text: str) -> dict[str, float]:
+    """Share of words with the same keep decision as thrifty's exact mode, per other runtime, under the
+    default selection and under llmlingua's rule (``-sw0``); the exact mode's decisions are made once per rule."""
+    out: dict[str, float] = {}
+    for tag, weight in (("", None), ("-sw0", 0.0)):
+        a = exact.keep_decisions(text, 0.5, sentence_weight=weight).keep
+        for name, other in others.items():
+            b = other.keep_decisions(text, 0.5, sentence_weight=weight).keep
+            if len(a) != len(b):
+                ma = keep_mask(text, exact.compress(text, rate=0.5, sentence_weight=weight).text)
+                mb = keep_mask(text, other.compress(text, rate=0.5, sentence_weight=weight).text)
+                share = sum(x == y for x, y in zip(ma, mb, strict=True)) / len(ma)
+            else:
+                share = float((a == b).mean())
+            out[f"{name}{tag}"] = round(share, 4)
+    return out
 
 
 ALL_METHODS = ("thrifty-exact", "thrifty-fast", "thrifty-bf16", "thrifty-exact-sw0", "thrifty-fast-sw0",
@@ -608,9 +615,8 @@ def run(args: argparse.Namespace) -> None:
                     if name in methods:
                         speed[name] = round(time_per_1k(methods[name], text, tokens, args.repeats), 1)
                 if "exact" in runtimes:
-                    agree = {f"thrifty-{mode}{tag}": round(agreement(runtimes["exact"], c, text, w), 4)
-                             for mode, c in runtimes.items() if mode != "exact"
-                             for tag, w in (("", None), ("-sw0", 0.0))}
+                    agree = agreement(runtimes["exact"], {f"thrifty-{mode}": c for mode, c in runtimes.items()
+                                                          if mode != "exact"}, text)
                 print(f"speed on a {tokens}-token prompt (ms per 1k tokens): {speed}", file=sys.stderr)
             compressed: dict[str, dict[float, list[str]]] = {}
             for name, fn in methods.items():
