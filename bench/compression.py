@@ -328,8 +328,25 @@ def thrifty_compressor(mode: str) -> Any:
     except ImportError:
         return None
     if mode == "bf16":
-        return Compressor.load(mode="fast", model=str(default_model_dir()))
+        from thrifty.compressors.model import load_model
+
+        return Compressor(load_model(default_model_dir(), precision="bfloat16"), "fast")
     return Compressor.load(mode=mode)
+
+
+def machine() -> dict[str, str]:
+    """What the speed figures were measured on: the CPU, torch's vector ISA, the fast mode's precision."""
+    import platform
+
+    import torch
+
+    from thrifty.compressors.model import fast_precision
+
+    cpu = platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as fh:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "fast_mode_precision": fast_precision()}
 
 
 def as_function(compressor: Any, sentence_weight: float | None = None) -> Compress:
@@ -688,6 +705,7 @@ def merge_results(table: list[dict[str, Any]], speed: dict[str, float], speed_to
         "speed_ms_per_1k_tokens": speed or old.get("speed_ms_per_1k_tokens", {}),
         "speed_prompt_tokens": speed_tokens or old.get("speed_prompt_tokens", 0),
         "speed_command": command if speed else old.get("speed_command"),
+        "speed_machine": machine() if speed else old.get("speed_machine"),
         "keep_agreement_with_exact": agree if agree else old.get("keep_agreement_with_exact"),
         "notes": {**old.get("notes", {}), **notes},
     }
@@ -707,6 +725,8 @@ def print_table(result: dict[str, Any]) -> None:
               f"{row.get('questions', '-'):>5}{acc:>8}{row.get('qa_questions', '-'):>6}")
     for name, ms in result["speed_ms_per_1k_tokens"].items():
         print(f"speed {name:<28}{ms:>8.1f} ms / 1k tokens ({result['speed_prompt_tokens']}-token prompt)")
+    if result.get("speed_machine"):
+        print("speed measured on", ", ".join(f"{k} {v}" for k, v in result["speed_machine"].items()))
     for name, share in (result["keep_agreement_with_exact"] or {}).items():
         print(f"keep-decision agreement of {name} with thrifty-exact: {share:.4f}")
     for name, note in result["notes"].items():

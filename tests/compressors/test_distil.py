@@ -10,7 +10,7 @@ import torch
 
 from tests.compressors.conftest import PASSAGE
 from thrifty.compressors import _data, distil
-from thrifty.compressors.model import fast_variant_dir, load_model
+from thrifty.compressors.model import fast_precision, fast_variant_dir, load_model
 from thrifty.errors import LocalModelError
 
 
@@ -49,14 +49,30 @@ def test_distil_writes_a_student_the_fast_mode_loads(tmp_path, weights):
     assert {"classifier.weight", "bert.encoder.layer.2.output.dense.weight"} <= set(manifest["delta_tensors"])
     fast = Compressor.load("fast", str(variant))
     assert fast._m.model.config.num_hidden_layers == 3
+    assert next(fast._m.model.parameters()).dtype == getattr(torch, fast_precision())
     exact = Compressor.load("exact", str(teacher))
     a, b = exact.keep_decisions(PASSAGE * 2, 0.5), fast.keep_decisions(PASSAGE * 2, 0.5)
     assert a.words == b.words and len(b.keep) == len(a.keep)
 
     manifest["num_hidden_layers"] = 9
     (variant / "manifest.json").write_text(json.dumps(manifest))
+    uncached = "bfloat16" if fast_precision() == "float32" else "float32"  # the other is cached from above
     with pytest.raises(LocalModelError, match="num_hidden_layers"):
-        load_model(variant, precision="float32")  # (bfloat16 is cached from above)
+        load_model(variant, precision=uncached)
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx", "expected"), [
+    (False, False, "float32"), (True, False, "bfloat16"), (False, True, "bfloat16"),
+])
+def test_fast_mode_uses_bfloat16_only_where_the_cpu_has_it(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert fast_precision() == expected
+
+
+def test_fast_precision_is_float32_when_torch_cannot_tell(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert fast_precision() == "float32"
 
 
 def test_no_fast_variant_means_the_model_itself(weights, tmp_path):

@@ -13,8 +13,8 @@ teacher's. The bottom ``--frozen`` layers stay the base's own (their outputs
 are computed once and cached); the others and the head are trained and
 shipped as the student's delta over the same base package.
 
-The fast mode runs the student in bfloat16 when the teacher's manifest names it
-(``"fast_variant"``); ``bench/compression.py`` measures its keep-decision
+The fast mode runs the student when the teacher's manifest names it
+(``"fast_variant"``), in bfloat16 where the CPU computes it natively; ``bench/compression.py`` measures its keep-decision
 agreement with the exact mode and its QA accuracy.
 """
 

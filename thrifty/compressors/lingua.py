@@ -42,9 +42,10 @@ What thrifty adds:
   text), chunks made only of protected spans are not run at all, and the
   post-processing is vectorised with numpy. Two modes:
   ``exact`` (float32: the same keep decisions as ``llmlingua`` for the same
-  weights and settings) and ``fast`` (the default: bfloat16, on the
-  shallower model distilled from the given one when its manifest names one,
-  as thrifty's own does; see :mod:`thrifty.compressors.distil`).
+  weights and settings) and ``fast`` (the default: the shallower model
+  distilled from the given one when its manifest names one, as thrifty's own
+  does, see :mod:`thrifty.compressors.distil`; in bfloat16 where the CPU
+  computes it natively, else float32, see :func:`~thrifty.compressors.model.fast_precision`).
 * Deterministic, and cached by content hash and settings (a bounded LRU).
 
 Where they differ from ``llmlingua``: a window without a ``.`` is cut at a word
@@ -74,13 +75,13 @@ from typing import Any
 import numpy as np
 
 from thrifty.compressors.base import CompressResult, Progress
-from thrifty.compressors.model import LoadedModel, fast_variant_dir, load_model
+from thrifty.compressors.model import LoadedModel, fast_precision, fast_variant_dir, load_model
 from thrifty.compressors.protect import merge_spans, protected_spans
 from thrifty.errors import InvalidRequestError
 
 __all__ = ["SENTENCE_WEIGHT", "Compressor", "KeepDecisions"]
 
-MODES = {"fast": "bfloat16", "exact": "float32"}
+MODES = ("fast", "exact")
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _CHUNK_END_TOKENS = (".", "\n")
 _BATCH = 4  # chunks per model run: measured best on 2 CPU cores (32 was 1.3-1.8x slower in float32)
@@ -138,7 +139,7 @@ class Compressor:
             raise InvalidRequestError(f"unknown compression mode {mode!r}; use fast or exact", param="mode")
         if model is None and mode == "fast":
             model = fast_variant_dir()  # the shallower model distilled from thrifty's, when it ships
-        return cls(load_model(model, precision=MODES[mode]), mode)
+        return cls(load_model(model, precision=fast_precision() if mode == "fast" else "float32"), mode)
 
     # ------------------------------------------------------------ vocabulary tables
 

@@ -36,7 +36,8 @@ from typing import Any
 
 from thrifty.errors import LocalModelError
 
-__all__ = ["DEFAULT_WEIGHTS", "LoadedModel", "default_model_dir", "fast_variant_dir", "load_model", "sha256_file"]
+__all__ = ["DEFAULT_WEIGHTS", "LoadedModel", "default_model_dir", "fast_precision", "fast_variant_dir", "load_model",
+           "sha256_file"]
 
 #: The name of thrifty's own keep/drop weights, used when no model is given.
 DEFAULT_WEIGHTS = "minilm-keep-v2"
@@ -78,6 +79,21 @@ def fast_variant_dir(path: Path | None = None) -> Path | None:
         return None
     variant = path.parent / name
     return variant if (variant / "manifest.json").is_file() else None
+
+
+def fast_precision() -> str:
+    """``"bfloat16"`` where this CPU multiplies bfloat16 natively (x86 AVX512-BF16 or AMX), else ``"float32"``.
+
+    Without those instructions bfloat16 is emulated: on an AVX2-only CPU (AMD EPYC, 2 cores)
+    the fast mode's model ran 5-6x slower in bfloat16 than in float32 (see docs/benchmarks.md).
+    """
+    try:
+        import torch
+
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    except (ImportError, AttributeError, RuntimeError):
+        native = False
+    return "bfloat16" if native else "float32"
 
 
 _hash_cache: dict[tuple[str, int, int], str] = {}
