@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     teacher_dir = Path(args.teacher).resolve()
     loaded = load_model(teacher_dir, precision="float32")
     teacher, keep = loaded.model, loaded.keep_label
-    rows = _data.read_jsonl(Path(args.work) / "train.jsonl")[: args.limit]
+    rows = _data.read_jsonl(Path(args.work) / "train.jsonl")[: args.limit or None]
     rng = random.Random(args.seed)
     rng.shuffle(rows)
     n_dev = max(1, len(rows) // 20)
@@ -213,7 +213,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="", help="default: <teacher name>-fast beside the teacher")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--limit", type=int, default=2000, help="the first N training passages (those labelled)")
+    p.add_argument("--limit", type=int, default=2000,
+                   help="the first N training passages (default: those the teacher was trained on; 0: all)")
     p.add_argument("--layers-from", default="0,1,5", help="the teacher layer each student layer starts from")
     p.add_argument("--frozen", type=int, default=1, help="bottom student layers kept as the base's own")
     p.add_argument("--epochs", type=int, default=6)
