@@ -16,8 +16,8 @@ _PROGRESS_FROM = 4_000  # model tokens; smaller inputs finish before a bar would
 @click.option("--rate", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
               help="Share of the compressible tokens to keep.")
 @click.option("--mode", type=click.Choice(["fast", "exact"]), default="fast", show_default=True,
-              help="fast: a distilled shallower model (bfloat16 where the CPU has it natively); exact: the full model in float32, "
-                   "llmlingua's decisions.")
+              help="fast: a distilled shallower model (bfloat16 where the CPU has it natively); "
+                   "exact: the full model in float32, llmlingua's decisions.")
 @click.option("--model", "model", type=click.Path(exists=True, file_okay=False), default=None,
               help="Weights directory (default: thrifty's shipped weights).")
 @click.option("--force-keep", multiple=True, metavar="TERM", help="A term to keep wherever it occurs (repeatable).")

@@ -14,8 +14,9 @@ are computed once and cached); the others and the head are trained and
 shipped as the student's delta over the same base package.
 
 The fast mode runs the student when the teacher's manifest names it
-(``"fast_variant"``), in bfloat16 where the CPU computes it natively; ``bench/compression.py`` measures its keep-decision
-agreement with the exact mode and its QA accuracy.
+(``"fast_variant"``), in bfloat16 where the CPU computes it natively;
+``bench/compression.py`` measures its keep-decision agreement with the exact
+mode and its QA accuracy.
 """
 
 from __future__ import annotations
