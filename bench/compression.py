@@ -481,12 +481,12 @@ def compare_sentence_weights(args: argparse.Namespace) -> None:
     held = _data.read_jsonl(WORK / "heldout.jsonl")[: args.passages]
     for w in weights:
         texts = [exact.compress(r["passage"], args.rate, sentence_weight=w).text for r in rows]
-        entry: dict[str, Any] = {
-            "span_survival": round(sum(contains(t, r["answer"]) for t, r in zip(texts, rows, strict=True)) / len(rows), 3)
-        }
+        pairs = list(zip(texts, rows, strict=True))
+        entry: dict[str, Any] = {"span_survival": round(sum(contains(t, r["answer"]) for t, r in pairs) / len(rows), 3)}
         if ask is not None:
-            pairs = list(zip(texts, rows, strict=True))[: args.qa_limit]
-            entry["accuracy"] = round(sum(contains(ask(t, r["question"]), r["answer"]) for t, r in pairs) / len(pairs), 3)
+            asked = pairs[: args.qa_limit]
+            hits = sum(contains(ask(t, r["question"]), r["answer"]) for t, r in asked)
+            entry["accuracy"] = round(hits / len(asked), 3)
         wiped = sentences = content = kept = 0
         for passage in held:
             d = exact.keep_decisions(passage["text"], args.rate, sentence_weight=w)
@@ -772,8 +772,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--repeats", type=int, default=3)
     r.add_argument("--qa-limit", type=int, default=40, help="questions the QA model answers (0: no QA)")
-    r.add_argument("--qa-methods", default="", help="comma-separated methods to run QA on, 'original' for the uncompressed passages "
-                   "(default: all)")
+    r.add_argument("--qa-methods", default="",
+                   help="comma-separated methods to run QA on, 'original' for the uncompressed passages (default: all)")
     r.add_argument("--rates", type=lambda v: tuple(float(x) for x in v.split(",")), default=RATES,
                    help="comma-separated keep rates (default: 0.5,0.33)")
     r.add_argument("--no-speed", action="store_true")

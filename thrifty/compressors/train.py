@@ -494,8 +494,8 @@ def _labels_sha(work: Path, teacher: str) -> str | None:
 
 def _command(args: argparse.Namespace) -> str:
     parts = ["python -m thrifty.compressors.train all", f"--seed {args.seed}", f"--teacher {args.teacher}",
-             f"--label-rate {args.label_rate}", f"--prior {args.prior}", f"--targets {args.targets}", f"--layers {args.layers}", f"--epochs {args.epochs}",
-             f"--batch-size {args.batch_size}", f"--lr {args.lr}"]
+             f"--label-rate {args.label_rate}", f"--prior {args.prior}", f"--targets {args.targets}",
+             f"--layers {args.layers}", f"--epochs {args.epochs}", f"--batch-size {args.batch_size}", f"--lr {args.lr}"]
     if args.limit:
         parts.append(f"--limit {args.limit}")
     return " ".join(parts)
