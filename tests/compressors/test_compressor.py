@@ -172,3 +172,21 @@ def test_sentence_weight_lifts_the_words_of_informative_sentences(exact):
     for bad in (-1, 101, "high", True):
         with pytest.raises(InvalidRequestError, match="sentence_weight"):
             exact.compress(text, 0.5, sentence_weight=bad)
+
+
+def test_a_question_keeps_the_sentences_that_answer_it(exact, weights):
+    fact = "Last spring the Larkspur team moved its build servers to Nairobi."
+    text = PASSAGE + fact + " " + PASSAGE
+    question = "Where did the Larkspur team move its build servers?"
+    blind, asked = exact.keep_decisions(text, 0.33), exact.keep_decisions(text, 0.33, question=question)
+    assert blind.words == asked.words and np.array_equal(blind.probs, asked.probs)
+    in_fact = (asked.starts >= text.index(fact)) & (asked.ends <= text.index(fact) + len(fact))
+    assert asked.keep[in_fact].all() and not blind.keep[in_fact].all()
+    assert abs(int(asked.keep.sum()) - int(blind.keep.sum())) <= 0.05 * len(asked.keep)  # the same budget
+    assert fact in exact.compress(text, 0.33, question=question).text
+    # a question with no term in the text, or none at all, changes nothing
+    assert exact.compress(text, 0.33, question="What is it?").text == exact.compress(text, 0.33).text
+    assert exact.compress(text, 0.33, question="  ").text == exact.compress(text, 0.33).text
+    with pytest.raises(InvalidRequestError, match="question"):
+        exact.compress(text, 0.33, question=["where"])
+    assert fact in thrifty.compress(text, 0.33, mode="exact", model=str(weights), question=question).text

@@ -54,7 +54,7 @@ def _sent_texts(upstream: CannedUpstream) -> list[str]:
     body = upstream.requests[-1]["body"]
     out = []
     for m in body["messages"]:
-        content = m["content"]
+        content = m["content"] or ""
         out.append(content if isinstance(content, str) else " ".join(b.get("text", "") for b in content))
     return out
 
@@ -226,3 +226,81 @@ def test_a_call_can_choose_the_sentence_weight(engine, upstream, weights):
         client.chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": LONG}],
             extra_body={"thrifty": {"compress": {"sentence_weight": -1}}})
+
+
+FACT = "Last spring the Larkspur team moved its build servers to Nairobi."
+CONTEXT = PASSAGE + FACT + " " + PASSAGE * 2
+ASK = "Where did the Larkspur team move its build servers?"
+
+
+def _asking(**options: object) -> dict:
+    return {"thrifty": {"compress": {"rate": 0.33, "min_tokens": 50, **options}}}
+
+
+def test_each_part_is_compressed_for_the_question_that_came_with_it(engine, upstream, weights):
+    from thrifty.compressors.lingua import Compressor
+
+    ref = Compressor.load("fast", str(weights))
+
+    def expect(text: str, question: str | None = None) -> str:
+        return ref.compress(text, 0.33, target="gpt-4o-mini", question=question).text
+
+    client = oai(engine, upstream)
+    # one message: the context, then the question as its short last paragraph
+    prompt = f"Context:\n{CONTEXT}\n\nQuestion: {ASK}"
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}],
+                                   extra_body=_asking())
+    [sent] = _sent_texts(upstream)
+    assert sent == expect(prompt, f"Question: {ASK}") != expect(prompt)
+    assert FACT in sent and sent.endswith(f"Question: {ASK}")
+    # a later turn leaves the earlier one compressed as before (prompt caches still match)
+    client.chat.completions.create(
+        model="gpt-4o-mini", extra_body=_asking(),
+        messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": "Nairobi."},
+                  {"role": "user", "content": "And who maintains the Larkspur project then?"}])
+    assert _sent_texts(upstream)[0] == sent
+    # parts of one message: the short part is the question
+    client.chat.completions.create(
+        model="gpt-4o-mini", extra_body=_asking(),
+        messages=[{"role": "user", "content": [{"type": "text", "text": CONTEXT}, {"type": "text", "text": ASK}]}])
+    parts = upstream.requests[-1]["body"]["messages"][0]["content"]
+    assert [p["text"] for p in parts] == [expect(CONTEXT, ASK), ASK]
+    # a tool result: the user's question before it
+    call = {"id": "c1", "type": "function", "function": {"name": "search", "arguments": "{}"}}
+    client.chat.completions.create(
+        model="gpt-4o-mini", extra_body=_asking(),
+        messages=[{"role": "user", "content": ASK}, {"role": "assistant", "content": None, "tool_calls": [call]},
+                  {"role": "tool", "tool_call_id": "c1", "content": CONTEXT}])
+    assert _sent_texts(upstream)[2] == expect(CONTEXT, ASK)
+    # a question given by the call, or none
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": CONTEXT}],
+                                   extra_body=_asking(question=ASK))
+    assert _sent_texts(upstream) == [expect(CONTEXT, ASK)]
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}],
+                                   extra_body=_asking(question=False))
+    assert _sent_texts(upstream) == [expect(prompt)]
+    details = [r["detail"] if isinstance(r["detail"], dict) else json.loads(r["detail"]) for r in savings(engine)]
+    assert [d["question_aware"] for d in details] == [1, 1, 1, 1, 1, 0]
+
+
+def test_settings_can_turn_the_question_off_and_anthropic_tool_results_get_it(tmp_path, upstream, weights):
+    from thrifty.compressors.lingua import Compressor
+
+    ref = Compressor.load("fast", str(weights))
+    messages = [
+        {"role": "user", "content": ASK},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "search", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": CONTEXT}]},
+    ]
+    for question, expected in ((True, ASK), (False, None)):
+        eng = _engine(tmp_path / str(question), upstream, weights, question=question)
+        try:
+            client = thrifty.wrap(anthropic.Anthropic(api_key="sk-ant", base_url=upstream.base_url, max_retries=0),
+                                  engine=eng)
+            client.messages.create(model="claude-3-5-haiku-latest", max_tokens=50, messages=messages,
+                                   extra_body=_asking())
+            result = upstream.requests[-1]["body"]["messages"][2]["content"][0]["content"]
+            text = result if isinstance(result, str) else result[0]["text"]
+            assert text == ref.compress(CONTEXT, 0.33, target="claude-3-5-haiku-latest", question=expected).text
+        finally:
+            eng.close()

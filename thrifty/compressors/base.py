@@ -146,6 +146,7 @@ def compress(
     protect: bool = True,
     target: str = "gpt-4o",
     progress: Progress | None = None,
+    question: str | None = None,
 ) -> CompressResult:
     """Compress ``text`` to about ``rate`` of its tokens, keeping protected spans byte-for-byte.
 
@@ -155,8 +156,11 @@ def compress(
     (the distilled shallower model where one ships, in bfloat16 where the CPU has
     it natively) or ``"exact"`` (full precision, the same keep decisions as
     ``llmlingua``'s LLMLingua-2 path). ``model`` is a weights directory (default:
-    thrifty's shipped weights). Token counts use ``target``'s tokenizer.
+    thrifty's shipped weights). Token counts use ``target``'s tokenizer. ``question``, the
+    question the text is context for, keeps the sentences relevant to it (compressors
+    that take no question are called without it).
     """
     impl = load_compressor(compressor, mode=mode, model=model)
+    extra = {} if question is None else {"question": question}
     return impl.compress(text, rate, force_keep=force_keep, patterns=patterns, protect=protect,
-                         target=target, progress=progress)
+                         target=target, progress=progress, **extra)

@@ -27,6 +27,12 @@ What thrifty adds:
   docs/benchmarks.md). With ``sentence_weight=0`` the selection is exactly
   ``llmlingua``'s, and the exact mode's keep decisions equal its own.
 
+* **Question-aware allocation** (``question``, as in LongLLMLingua): given the
+  question the context will answer, each sentence's relevance to it
+  (:mod:`thrifty.compressors.question`, 0 to 1) times :data:`QUESTION_WEIGHT`
+  is added to its words' scores, so the sentences that hold the answer are
+  kept nearly whole. Without a question nothing changes.
+
 * **Protected spans** (:mod:`thrifty.compressors.protect`) are kept byte-for-byte
   and left out of the percentile; ``rate`` applies to the rest.
 * **The output is cut from the original text** by character offsets, never
@@ -57,6 +63,7 @@ Use::
     from thrifty.compressors.lingua import Compressor
     c = Compressor.load(mode="exact", model="path/to/weights")   # or mode="fast", model=None
     result = c.compress(text, rate=0.5)            # CompressResult
+    result = c.compress(context, rate=0.5, question="Who maintains it?")   # for a question
     d = c.keep_decisions(text, rate=0.5)           # per-word keep decisions (KeepDecisions)
 """
 
@@ -77,9 +84,10 @@ import numpy as np
 from thrifty.compressors.base import CompressResult, Progress
 from thrifty.compressors.model import LoadedModel, fast_precision, fast_variant_dir, load_model
 from thrifty.compressors.protect import merge_spans, protected_spans
+from thrifty.compressors.question import sentence_relevance
 from thrifty.errors import InvalidRequestError
 
-__all__ = ["SENTENCE_WEIGHT", "Compressor", "KeepDecisions"]
+__all__ = ["QUESTION_WEIGHT", "SENTENCE_WEIGHT", "Compressor", "KeepDecisions"]
 
 MODES = ("fast", "exact")
 _SURROGATES = re.compile("[\ud800-\udfff]")
@@ -89,6 +97,8 @@ _SENTENCE_ENDS = frozenset((".", "!", "?", "。", "！", "？"))
 
 #: The default weight of a sentence's mean keep probability in its words' scores (0: llmlingua's rule).
 SENTENCE_WEIGHT = 2.0
+#: The lift of a sentence that holds every term of the question (scaled by its relevance, 0 to 1).
+QUESTION_WEIGHT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,20 +200,23 @@ class Compressor:
         target: str = "gpt-4o",
         progress: Progress | None = None,
         sentence_weight: float | None = None,
+        question: str | None = None,
     ) -> CompressResult:
-        """Keep about ``rate`` of the compressible tokens of ``text`` (see the module docstring)."""
+        """Keep about ``rate`` of the compressible tokens of ``text`` (see the module docstring),
+        favouring the sentences relevant to ``question`` when one is given."""
         rate = _check_rate(rate)
         weight = _check_weight(sentence_weight)
         if not isinstance(text, str):
             raise InvalidRequestError(f"text to compress must be a string, got {type(text).__name__}")
+        question = _check_question(question)
         key = (hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(), rate, tuple(force_keep),
-               tuple(patterns), protect, target, weight)
+               tuple(patterns), protect, target, weight, question, QUESTION_WEIGHT if question else 0.0)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        result = self._compress(text, rate, force_keep, patterns, protect, target, progress, weight)
+        result = self._compress(text, rate, force_keep, patterns, protect, target, progress, weight, question)
         with self._lock:
             self._cache[key] = result
             while len(self._cache) > self._cache_size:
@@ -219,18 +232,21 @@ class Compressor:
         force_keep: Sequence[str] = (),
         patterns: Sequence[str] = (),
         sentence_weight: float | None = None,
+        question: str | None = None,
     ) -> KeepDecisions:
         """The per-word keep decisions for ``text`` (built-in protection off by default, as in ``llmlingua``;
-        ``sentence_weight=0`` for ``llmlingua``'s selection)."""
+        ``sentence_weight=0`` and no ``question`` for ``llmlingua``'s selection)."""
         rate = _check_rate(rate)
-        a = self._analyse(text, rate, force_keep, patterns, protect, None, _check_weight(sentence_weight))
+        a = self._analyse(text, rate, force_keep, patterns, protect, None, _check_weight(sentence_weight),
+                          _check_question(question))
         idx = np.flatnonzero(a.listed)
         return KeepDecisions([a.words[i] for i in idx], a.starts[idx], a.ends[idx], a.probs[idx], a.keep[idx])
 
     # ------------------------------------------------------------ the method
 
     def _compress(self, text: str, rate: float, force_keep: Sequence[str], patterns: Sequence[str],
-                  protect: bool, target: str, progress: Progress | None, weight: float) -> CompressResult:
+                  protect: bool, target: str, progress: Progress | None, weight: float,
+                  question: str | None) -> CompressResult:
         from thrifty.ledger.tokens import count_text
 
         t0 = time.perf_counter()
@@ -243,7 +259,7 @@ class Compressor:
             n = count_text(_encodable(text), target) if text else 0
             return CompressResult(text, n, n, rate, self.name, self.version, self.mode,
                                   (time.perf_counter() - t0) * 1000, target, skipped)
-        a = self._analyse(text, rate, force_keep, patterns, protect, progress, weight)
+        a = self._analyse(text, rate, force_keep, patterns, protect, progress, weight, question)
         out = _assemble(text, a)
         if not out.strip():  # everything dropped: too short to compress
             n = count_text(_encodable(text), target)
@@ -258,7 +274,7 @@ class Compressor:
         )
 
     def _analyse(self, text: str, rate: float, force_keep: Sequence[str], patterns: Sequence[str],
-                 protect: bool, progress: Progress | None, weight: float) -> _Analysis:
+                 protect: bool, progress: Progress | None, weight: float, question: str | None) -> _Analysis:
         ids, offs, tokens = self._tokenize(text)
         n = len(ids)
         if n == 0:
@@ -294,9 +310,14 @@ class Compressor:
         chunk_of_word = np.searchsorted(np.array([c[0] for c in chunks]), first, side="right") - 1
         bounds = np.searchsorted(chunk_of_word, np.arange(len(chunks) + 1), side="left")
         q = int(100 * max(0.0, 1.0 - rate) + 1)
-        if weight:
+        relevance = None
+        if weight or question:
             ends_sentence = self._sentence_ends[ids[first]] & (counts == 1)
             sentence = np.cumsum(ends_sentence) - ends_sentence  # a sentence's "." belongs to it
+            if question:
+                heads = np.flatnonzero(np.diff(sentence, prepend=-1))  # each sentence's first word
+                tails = np.append(heads[1:], len(first)) - 1
+                relevance = QUESTION_WEIGHT * sentence_relevance(text, starts[heads], ends[tails], question)
         for c in range(len(chunks)):
             lo, hi = bounds[c], bounds[c + 1]
             sel = listed[lo:hi]
@@ -305,6 +326,8 @@ class Compressor:
             p = probs[lo:hi][sel]
             if weight:
                 p = _sentence_scores(p, sentence[lo:hi][sel], weight)
+            if relevance is not None:
+                p = p + relevance[sentence[lo:hi][sel]]
             threshold = np.percentile(np.repeat(p, weights[lo:hi][sel]), q)
             kept = (p > threshold) | ((threshold == 1.0) & (p == threshold))
             window = keep[lo:hi]
@@ -419,6 +442,14 @@ def _check_weight(weight: float | None) -> float:
         raise InvalidRequestError(f"sentence_weight must be a number from 0 to 100, got {weight!r}",
                                   param="sentence_weight")
     return float(weight)
+
+
+def _check_question(question: str | None) -> str | None:
+    if question is None:
+        return None
+    if not isinstance(question, str):
+        raise InvalidRequestError(f"question must be a string, got {type(question).__name__}", param="question")
+    return question if question.strip() else None
 
 
 def _check_rate(rate: float) -> float:

@@ -13,6 +13,18 @@ definitions, assistant tool calls, images or other non-text parts, and never
 anything at or before the last prompt-cache marker (Anthropic
 ``cache_control``), so the cached prefix stays byte-identical.
 
+Each part is compressed for its question (question-aware allocation, see
+:mod:`thrifty.compressors.lingua`): the ``question`` option's text when the
+call gives one; otherwise (unless ``question`` is ``false`` or ``[compression]
+question = false``) the user text that came with it: the text parts of its own
+message that are not compressed, or, when the message is one long text, its
+last paragraph if that is short (at most :data:`QUESTION_WORDS` words, as in
+``"...context...\n\nQuestion: who maintains it?"``); for a tool result or an
+assistant message, the last user message before it that has text. A part's
+question depends only on the messages up to its own, so an earlier turn
+compresses the same way on every later call and provider prompt caches still
+match.
+
 It records ``ctx.savings["compression"]``: tokens of the prompt before and
 after (counted with the target model's tokenizer, an estimate for non-OpenAI
 models), and in ``detail`` the compressor, its version, the mode, the rate,
@@ -55,6 +67,8 @@ __all__ = ["CompressionStage"]
 log = logging.getLogger("thrifty.compression")
 
 TECHNIQUE = "compression"
+#: The longest last paragraph of a compressed user message that is taken as its question.
+QUESTION_WORDS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +80,7 @@ class _Plan:
     roles: frozenset[str]
     mode: str
     sentence_weight: float | None  # None: the compressor's own default
+    question: str | bool  # a given question; True: each part's question from the messages; False: none
 
 
 # where a text part sits: (message index, part index, index inside a tool result or -1)
@@ -114,6 +129,7 @@ class CompressionStage(Stage):
             roles=frozenset(o.roles if o.roles is not None else s.roles),
             mode=o.mode or s.mode,
             sentence_weight=o.sentence_weight if o.sentence_weight is not None else s.sentence_weight,
+            question=o.question if o.question is not None else s.question,
         )
 
     def _apply(self, request: Request, ctx: CallContext, plan: _Plan) -> Request:
@@ -132,8 +148,10 @@ class CompressionStage(Stage):
             compressor = load_compressor(s.compressor, mode=plan.mode,
                                          model=None if s.model is None else str(s.model))
             extra = {} if plan.sentence_weight is None else {"sentence_weight": plan.sentence_weight}
+            questions = _questions(request, found, plan.question)
             results = [compressor.compress(text, plan.rate, force_keep=plan.force_keep, patterns=plan.protect,
-                                           target=model, **extra) for _, text in found]
+                                           target=model, **extra, **_asked(questions.get(where)))
+                       for where, text in found]
         except Exception as exc:
             if not s.fail_open:
                 if isinstance(exc, ThriftyError):
@@ -151,7 +169,8 @@ class CompressionStage(Stage):
         first = results[0]
         ctx.savings[TECHNIQUE] = Saving(before, before - saved, detail={
             "compressor": first.compressor, "version": first.version, "mode": first.mode, "rate": plan.rate,
-            "ms": round(ms, 3), "parts": len(results)})
+            "ms": round(ms, 3), "parts": len(results),
+            "question_aware": sum(1 for where, _ in found if questions.get(where))})
         return _replace_texts(request, {where: r.text for (where, _), r in zip(found, results, strict=True)})
 
     @staticmethod
@@ -200,6 +219,47 @@ def _eligible(request: Request, roles: frozenset[str]) -> list[tuple[_Where, str
                     if isinstance(inner, TextPart) and inner.text.strip():
                         out.append(((i, j, k), inner.text))
     return out
+
+
+def _asked(question: str | None) -> dict[str, str]:
+    return {} if question is None else {"question": question}
+
+
+def _questions(request: Request, found: list[tuple[_Where, str]], asked: str | bool) -> dict[_Where, str]:
+    """Each compressed part's question (see the module docstring); parts without one are left out."""
+    if isinstance(asked, str):
+        return {where: asked for where, _ in found} if asked.strip() else {}
+    if not asked:
+        return {}
+    compressed = {(i, j) for (i, j, k), _ in found if k < 0}
+    by_message: dict[int, str | None] = {}
+    out: dict[_Where, str] = {}
+    for where, _ in found:
+        i = where[0]
+        if i not in by_message:
+            by_message[i] = _question_before(request.messages, i, compressed)
+        question = by_message[i]
+        if question:
+            out[where] = question
+    return out
+
+
+def _question_before(messages: list[Message], index: int, compressed: set[tuple[int, int]]) -> str | None:
+    """The question of the last user message with text at or before ``index``."""
+    for i in range(index, -1, -1):
+        message = messages[i]
+        if message.role != "user":
+            continue
+        texts = [(j, p.text) for j, p in enumerate(message.content) if isinstance(p, TextPart) and p.text.strip()]
+        if not texts:
+            continue  # only tool results or images: the question is further back
+        short = [text for j, text in texts if (i, j) not in compressed]
+        if short:
+            return "\n".join(short)
+        paragraphs = texts[-1][1].strip().split("\n\n")
+        last = paragraphs[-1].strip()
+        return last if len(paragraphs) > 1 and len(last.split()) <= QUESTION_WORDS else None
+    return None
 
 
 def _replace_texts(request: Request, texts: dict[_Where, str]) -> Request:

@@ -32,7 +32,10 @@ class CompressOptions(BaseModel):
     worth compressing; ``force_keep`` terms and ``protect`` regular expressions
     are kept as written; ``roles`` are the message roles whose text is compressed;
     ``sentence_weight`` how much a sentence's mean keep probability lifts its words
-    (0: llmlingua's word-by-word rule; see :mod:`thrifty.compressors.lingua`).
+    (0: llmlingua's word-by-word rule; see :mod:`thrifty.compressors.lingua`);
+    ``question`` the question the context is compressed for (a string), ``false``
+    to compress without one, ``true`` for the question found in the messages
+    (see :mod:`thrifty.compressors.stage`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -44,6 +47,7 @@ class CompressOptions(BaseModel):
     roles: list[Literal["user", "tool", "assistant"]] | None = None
     mode: Literal["fast", "exact"] | None = None
     sentence_weight: float | None = Field(default=None, ge=0, le=100)
+    question: str | bool | None = None
 
     @field_validator("protect")
     @classmethod

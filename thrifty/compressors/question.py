@@ -1,0 +1,78 @@
+"""Question-aware allocation: how much each sentence of a context has to do with the question.
+
+LongLLMLingua (Jiang et al., 2024) showed that compressing a context *for a
+question* keeps far more of what answers it than compressing it blind. Its
+signal is a causal LM's perplexity conditioned on the question, a second model
+run. thrifty's compressor has no causal LM, so it uses the lexical signal a
+search engine would: a sentence's relevance is the share of the question's
+content terms it contains, each term weighted by its BM25 inverse sentence
+frequency in the context (a term that occurs in every sentence says nothing
+about which one answers). It costs one regular-expression pass over the text.
+
+Terms are lower-cased words that are not closed-class English words
+(:data:`~thrifty.compressors._data.FUNCTION_WORDS`: "what", "the", "did"...),
+reduced by a light suffix rule ("moved", "moves", "move" -> "mov"), so that
+inflections match; numbers and identifiers count; runs of scripts written
+without spaces (Chinese, Japanese, Thai...) give their character pairs.
+
+:func:`sentence_relevance` returns a value in [0, 1] per sentence: 0 where no
+question term occurs, 1 where every one does. The compressor adds it to a
+sentence's words' scores, so a sentence that answers the question is kept
+nearly whole and the rest of its chunk is compressed harder (see
+:mod:`thrifty.compressors.lingua`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+from thrifty.compressors._data import FUNCTION_WORDS
+
+__all__ = ["question_terms", "sentence_relevance"]
+
+#: Blocks of scripts written without spaces between words (as in :mod:`thrifty.compressors.lingua`).
+_SPACELESS = "\u0e00-\u0eff\u1000-\u109f\u2e80-\ua4cf\uf900-\ufaff\uff00-\uffef\U00020000-\U0003ffff"
+_TERM = re.compile(rf"[{_SPACELESS}]+|(?:(?![{_SPACELESS}])\w)+")
+_SPACELESS_RUN = re.compile(rf"[{_SPACELESS}]")
+_SUFFIXES = ("ing", "ed", "es", "s")
+
+
+def _stem(word: str) -> str:
+    for suffix in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            word = word[: -len(suffix)]
+            break
+    return word[:-1] if word.endswith("e") and len(word) >= 4 else word
+
+
+def question_terms(text: str) -> set[str]:
+    """The content terms of ``text`` (see the module docstring)."""
+    out: set[str] = set()
+    for match in _TERM.finditer(text):
+        run = match.group().lower()
+        if _SPACELESS_RUN.match(run):
+            out.update(run[i: i + 2] for i in range(max(1, len(run) - 1)))
+        elif run not in FUNCTION_WORDS and (len(run) > 1 or run.isdigit()) and run != "_" * len(run):
+            out.add(_stem(run))
+    return out
+
+
+def sentence_relevance(text: str, sentence_starts: np.ndarray, sentence_ends: np.ndarray,
+                       question: str) -> np.ndarray:
+    """Each sentence's relevance to ``question``, in [0, 1]; sentences are character ranges of ``text``."""
+    count = len(sentence_starts)
+    wanted = question_terms(question)
+    if not wanted or not count:
+        return np.zeros(count, dtype=np.float32)
+    found = [question_terms(text[s:e]) & wanted
+             for s, e in zip(sentence_starts.tolist(), sentence_ends.tolist(), strict=True)]
+    df = dict.fromkeys(wanted, 0)
+    for terms in found:
+        for term in terms:
+            df[term] += 1
+    idf = {t: math.log(1.0 + (count - n + 0.5) / (n + 0.5)) for t, n in df.items()}
+    total = sum(idf.values())
+    return np.fromiter((sum(idf[t] for t in terms) / total for terms in found), dtype=np.float32, count=count)
