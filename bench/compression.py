@@ -5,6 +5,8 @@ Commands:
     .venv/bin/python bench/compression.py build-eval     # writes bench/data/compression_qa.jsonl
     .venv/bin/python bench/compression.py build-eval --set dev --seed 1   # bench/data/compression_dev.jsonl
     .venv/bin/python bench/compression.py teachers       # teacher labelings compared on the dev set
+    .venv/bin/python bench/compression.py sentences      # sentence_weight values compared on the dev set
+    .venv/bin/python bench/compression.py questions      # question weights compared on the dev set
     .venv/bin/python bench/compression.py run            # prints a table, writes bench/results/compression.json
 
 ``build-eval`` makes the evaluation set from held-out passages of the
@@ -22,7 +24,11 @@ teachers and models without looking at the evaluation set.
 compressor (exact mode; fast mode, the distilled student; ``thrifty-bf16``, the
 full model in bfloat16, for reference), random word dropping at the same rate
 (seeded), LLMLingua-1 (the ``llmlingua`` package with a local causal LM) and
-``llmlingua``'s own LLMLingua-2 path on thrifty's weights; and reports the
+``llmlingua``'s own LLMLingua-2 path on thrifty's weights; the ``-q`` variants
+of thrifty's modes compress each passage for its question (question-aware
+allocation; every question names the fictional project its fact sentence
+names, so the lexical relevance finds that sentence: an upper bound for
+questions that share a name or term with their answer's sentence); and reports the
 achieved rate (tokens after / before, cl100k), answer-span survival (the gold
 answer still present in the compressed text) and the QA model's accuracy (the
 gold answer contained in its answer), both compared as SQuAD's evaluation
@@ -308,11 +314,12 @@ def full_model_dir(weights: Path, target: Path) -> Path:
     return out
 
 
-Compress = Callable[[str, float], str]
+#: ``compress(text, rate, question)``: the compressed text (methods that take no question ignore it).
+Compress = Callable[[str, float, str], str]
 
 
 def random_drop(seed: int) -> Compress:
-    def run(text: str, rate: float) -> str:
+    def run(text: str, rate: float, question: str = "") -> str:
         words = text.split()
         rng = random.Random(f"{seed}:{hashlib.sha256(text.encode()).hexdigest()}:{rate}")
         keep = set(rng.sample(range(len(words)), max(1, round(rate * len(words)))))
@@ -354,9 +361,10 @@ def machine() -> dict[str, str]:
             "fast_mode_precision": fast_precision()}
 
 
-def as_function(compressor: Any, sentence_weight: float | None = None) -> Compress:
-    def run(text: str, rate: float) -> str:
-        return compressor.compress(text, rate=rate, sentence_weight=sentence_weight).text
+def as_function(compressor: Any, sentence_weight: float | None = None, asks: bool = False) -> Compress:
+    def run(text: str, rate: float, question: str = "") -> str:
+        return compressor.compress(text, rate=rate, sentence_weight=sentence_weight,
+                                   question=question if asks else None).text
 
     return run
 
@@ -366,7 +374,7 @@ def llmlingua2(model_dir: Path) -> Compress:
 
     pc = PromptCompressor(model_name=str(model_dir), use_llmlingua2=True, device_map="cpu")
 
-    def run(text: str, rate: float) -> str:
+    def run(text: str, rate: float, question: str = "") -> str:
         return pc.compress_prompt(text, rate=rate, use_context_level_filter=False)["compressed_prompt"]
 
     return run
@@ -405,7 +413,7 @@ def llmlingua1(lm_dir: Path) -> Compress:
     pc = PromptCompressor(model_name=str(lm_dir), device_map="cpu")
     pc.model = _LegacyCacheModel(pc.model)
 
-    def run(text: str, rate: float) -> str:
+    def run(text: str, rate: float, question: str = "") -> str:
         return pc.compress_prompt(
             [text], rate=rate, use_sentence_level_filter=False, use_context_level_filter=False,
             use_token_level_filter=True,
@@ -509,6 +517,48 @@ def compare_sentence_weights(args: argparse.Namespace) -> None:
     path.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
 
 
+def compare_question_weights(args: argparse.Namespace) -> None:
+    """The fast mode at several question weights (``lingua.QUESTION_WEIGHT``) on a question set:
+    answer-span survival and QA accuracy when each passage is compressed for its own question, and
+    for another item's question (what a wrong question costs against compressing blind, weight 0)."""
+    import torch
+
+    from thrifty.compressors import lingua
+
+    torch.set_num_threads(args.threads)
+    fast = lingua.Compressor.load("fast")
+    rows = read_set(args.set, args.limit)
+    others = [rows[(i + 1) % len(rows)]["question"] for i in range(len(rows))]
+    ask = AnswerCache(LocalLM(args.qa_model)) if args.qa_limit else None
+    out: dict[str, Any] = {"set": args.set, "rate": args.rate, "qa_model": args.qa_model, "weights": {}}
+    if ask is not None:
+        out["qa_dtype"] = ask.lm.dtype
+        hits = [contains(ask(r["passage"], r["question"]), r["answer"]) for r in rows[: args.qa_limit]]
+        out["original_accuracy"] = round(sum(hits) / len(hits), 3)
+    default = lingua.QUESTION_WEIGHT
+    try:
+        for w in [float(x) for x in args.weights.split(",")]:
+            lingua.QUESTION_WEIGHT = w
+            entry: dict[str, Any] = {}
+            for tag, questions in (("", [r["question"] for r in rows]), ("_wrong_question", others)):
+                if tag and not w:
+                    continue  # weight 0 ignores the question
+                texts = [fast.compress(r["passage"], args.rate, question=q).text
+                         for r, q in zip(rows, questions, strict=True)]
+                pairs = list(zip(texts, rows, strict=True))
+                entry[f"span_survival{tag}"] = round(sum(contains(t, r["answer"]) for t, r in pairs) / len(rows), 3)
+                if ask is not None:
+                    asked = pairs[: args.qa_limit]
+                    hits = sum(contains(ask(t, r["question"]), r["answer"]) for t, r in asked)
+                    entry[f"accuracy{tag}"] = round(hits / len(asked), 3)
+            out["weights"][str(w)] = entry
+            print(f"question weight {w}: {json.dumps(entry)}", flush=True)
+    finally:
+        lingua.QUESTION_WEIGHT = default
+    path = RESULTS.with_name("compression_question_weight.json")
+    path.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -529,12 +579,12 @@ def speed_prompt(rows: list[dict[str, Any]], target_tokens: int = 10_000) -> str
 
 def time_per_1k(fn: Compress, text: str, tokens: int, repeats: int) -> float:
     """Best of ``repeats`` runs, in ms per 1k tokens; each run's text differs (thrifty caches by content)."""
-    fn(text[:2000], 0.5)  # warm-up
+    fn(text[:2000], 0.5, "")  # warm-up
     times = []
     for i in range(repeats):
         variant = f"{text}\n\nRun {i}."
         started = time.perf_counter()
-        fn(variant, 0.5)
+        fn(variant, 0.5, "")
         times.append(time.perf_counter() - started)
     return min(times) * 1000 / (tokens / 1000)
 
@@ -557,25 +607,31 @@ def agreement(exact: Any, others: dict[str, Any], text: str) -> dict[str, float]
     return out
 
 
-ALL_METHODS = ("thrifty-exact", "thrifty-fast", "thrifty-bf16", "thrifty-exact-sw0", "thrifty-fast-sw0",
-               "llmlingua2-thrifty-weights", "random", "llmlingua1-smollm2")
+ALL_METHODS = ("thrifty-exact", "thrifty-fast", "thrifty-exact-q", "thrifty-fast-q", "thrifty-bf16",
+               "thrifty-exact-sw0", "thrifty-fast-sw0", "llmlingua2-thrifty-weights", "random", "llmlingua1-smollm2")
 
 
 def load_methods(names: list[str], seed: int, tmp: Path) -> tuple[dict[str, Compress], dict[str, Any], dict[str, str]]:
     methods: dict[str, Compress] = {}
     runtimes: dict[str, Any] = {}
     notes: dict[str, str] = {}
+    loaded: dict[str, Any] = {}
     for name in names:
         if name.startswith("thrifty-"):
-            # "-sw0": llmlingua's selection rule (sentence_weight=0) instead of thrifty's default
-            mode, plain = name.removeprefix("thrifty-").removesuffix("-sw0"), name.endswith("-sw0")
-            compressor = thrifty_compressor(mode)
+            # "-sw0": llmlingua's selection rule (sentence_weight=0) instead of thrifty's default;
+            # "-q": compressed for the item's question (question-aware allocation)
+            mode = name.removeprefix("thrifty-")
+            plain, asks = mode.endswith("-sw0"), mode.endswith("-q")
+            mode = mode.removesuffix("-sw0").removesuffix("-q")
+            if mode not in loaded:
+                loaded[mode] = thrifty_compressor(mode)
+            compressor = loaded[mode]
             if compressor is None:
                 notes[name] = "thrifty.compressors.Compressor is not available"
                 continue
-            if not plain:
+            if not plain and not asks:
                 runtimes[mode] = compressor
-            methods[name] = as_function(compressor, 0.0 if plain else None)
+            methods[name] = as_function(compressor, 0.0 if plain else None, asks)
         elif name == "llmlingua2-thrifty-weights":
             from thrifty.compressors.model import default_model_dir
 
@@ -642,7 +698,8 @@ def run(args: argparse.Namespace) -> None:
                 print(f"speed on a {tokens}-token prompt (ms per 1k tokens): {speed}", file=sys.stderr)
             compressed: dict[str, dict[float, list[str]]] = {}
             for name, fn in methods.items():
-                compressed[name] = {rate: [fn(r["passage"], rate) for r in rows] for rate in args.rates}
+                compressed[name] = {rate: [fn(r["passage"], rate, r["question"]) for r in rows]
+                                    for rate in args.rates}
                 print(f"compressed with {name}", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -764,6 +821,14 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--qa-model", default=QA_MODEL, choices=sorted(bench_models.MODELS))
     w.add_argument("--passages", type=int, default=150, help="held-out passages for the ordinary-text figures")
     w.add_argument("--threads", type=int, default=2)
+    q = sub.add_parser("questions", help="compare question weights (QA, span survival, a wrong question)")
+    q.add_argument("--set", choices=("eval", "dev"), default="dev")
+    q.add_argument("--weights", default="0,1,2,4")
+    q.add_argument("--rate", type=float, default=0.5)
+    q.add_argument("--limit", type=int, default=0)
+    q.add_argument("--qa-limit", type=int, default=120)
+    q.add_argument("--qa-model", default=QA_MODEL, choices=sorted(bench_models.MODELS))
+    q.add_argument("--threads", type=int, default=2)
     r = sub.add_parser("run", help="run the benchmark")
     r.add_argument("--qa-model", default=QA_MODEL, choices=sorted(bench_models.MODELS))
     r.add_argument("--set", choices=("eval", "dev"), default="eval")
@@ -790,6 +855,8 @@ def main(argv: list[str] | None = None) -> None:
         compare_teachers(args)
     elif args.command == "sentences":
         compare_sentence_weights(args)
+    elif args.command == "questions":
+        compare_question_weights(args)
     else:
         run(args)
 

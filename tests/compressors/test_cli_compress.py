@@ -71,3 +71,17 @@ def test_sentence_weight_option(tmp_path, weights):
     assert result.stdout == ref
     bad = run(str(src), "--model", str(weights), "--sentence-weight", "-2")
     assert bad.exit_code != 0 and "sentence-weight" in bad.output
+
+
+def test_question_option(tmp_path, weights):
+    from thrifty.compressors.lingua import Compressor
+
+    fact = "Last spring the Larkspur team moved its build servers to Nairobi."
+    text = PASSAGE + fact + " " + PASSAGE * 2
+    src = tmp_path / "in.txt"
+    src.write_text(text, encoding="utf-8")
+    question = "Where did the Larkspur team move its build servers?"
+    result = run(str(src), "--mode", "exact", "--model", str(weights), "--rate", "0.33", "--question", question, "-q")
+    assert result.exit_code == 0
+    assert result.stdout == Compressor.load("exact", str(weights)).compress(text, 0.33, question=question).text
+    assert fact in result.stdout

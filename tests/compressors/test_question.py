@@ -47,3 +47,8 @@ def test_relevance_without_a_question_or_sentences_is_zero():
     assert sentence_relevance(text, starts, ends, "the of and?").tolist() == [0.0, 0.0]
     assert sentence_relevance(text, starts[:0], ends[:0], "sentence").shape == (0,)
     assert sentence_relevance(text, starts, ends, "Which sentence?").tolist() == [1.0, 0.0]
+
+
+def test_mixed_runs_split_into_their_scripts():
+    assert question_terms("v2版本") == {"v2", "版本"}
+    assert question_terms("Tokyo東京") == {"tokyo", "東京"}

@@ -6,6 +6,7 @@
   and ``.keep_decisions(text, rate=...)`` (per-word decisions).
 * :func:`register_compressor` / :func:`load_compressor`: compressors by name.
 * :mod:`.protect`: the spans that pass through byte-for-byte.
+* :mod:`.question`: each sentence's relevance to a question (question-aware allocation).
 * :mod:`.model`: loading keep/drop weights offline (thrifty's manifest layout or a
   transformers directory).
 * :mod:`.stage`: the pipeline stage (``compress`` per call, per alias or in ``[compression]``).

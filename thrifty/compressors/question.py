@@ -24,6 +24,7 @@ nearly whole and the rest of its chunk is compressed harder (see
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -35,8 +36,9 @@ __all__ = ["question_terms", "sentence_relevance"]
 
 #: Blocks of scripts written without spaces between words (as in :mod:`thrifty.compressors.lingua`).
 _SPACELESS = "\u0e00-\u0eff\u1000-\u109f\u2e80-\ua4cf\uf900-\ufaff\uff00-\uffef\U00020000-\U0003ffff"
-_TERM = re.compile(rf"[{_SPACELESS}]+|(?:(?![{_SPACELESS}])\w)+")
-_SPACELESS_RUN = re.compile(rf"[{_SPACELESS}]")
+_WORD = re.compile(r"\w+")
+_SPACELESS_CHAR = re.compile(rf"[{_SPACELESS}]")
+_SEGMENT = re.compile(rf"[{_SPACELESS}]+|[^{_SPACELESS}]+")
 _SUFFIXES = ("ing", "ed", "es", "s")
 
 
@@ -51,28 +53,51 @@ def _stem(word: str) -> str:
 def question_terms(text: str) -> set[str]:
     """The content terms of ``text`` (see the module docstring)."""
     out: set[str] = set()
-    for match in _TERM.finditer(text):
-        run = match.group().lower()
-        if _SPACELESS_RUN.match(run):
-            out.update(run[i: i + 2] for i in range(max(1, len(run) - 1)))
-        elif run not in FUNCTION_WORDS and (len(run) > 1 or run.isdigit()) and run != "_" * len(run):
-            out.add(_stem(run))
+    for match in _WORD.finditer(text):
+        out.update(_terms_of(match.group().lower()))
     return out
+
+
+@functools.lru_cache(maxsize=65_536)
+def _terms_of(run: str) -> tuple[str, ...]:
+    """The terms of one lower-cased run of word characters."""
+    if not _SPACELESS_CHAR.search(run):
+        if run in FUNCTION_WORDS or (len(run) < 2 and not run.isdigit()) or run == "_" * len(run):
+            return ()
+        return (_stem(run),)
+    out: list[str] = []
+    for part in _SEGMENT.findall(run):  # spaceless script and the rest, as in "v2版本"
+        if _SPACELESS_CHAR.match(part):
+            out.extend(part[i: i + 2] for i in range(max(1, len(part) - 1)))
+        else:
+            out.extend(_terms_of(part))
+    return tuple(out)
 
 
 def sentence_relevance(text: str, sentence_starts: np.ndarray, sentence_ends: np.ndarray,
                        question: str) -> np.ndarray:
-    """Each sentence's relevance to ``question``, in [0, 1]; sentences are character ranges of ``text``."""
+    """Each sentence's relevance to ``question``, in [0, 1]; sentences are character ranges of ``text``
+    (in order, not overlapping)."""
     count = len(sentence_starts)
     wanted = question_terms(question)
     if not wanted or not count:
         return np.zeros(count, dtype=np.float32)
-    found = [question_terms(text[s:e]) & wanted
-             for s, e in zip(sentence_starts.tolist(), sentence_ends.tolist(), strict=True)]
+    positions: list[int] = []
+    found: list[str] = []
+    for match in _WORD.finditer(text, int(sentence_starts[0]), int(sentence_ends[-1])):
+        for term in _terms_of(match.group().lower()):
+            if term in wanted:
+                positions.append(match.start())
+                found.append(term)
+    sentence = np.searchsorted(sentence_starts, np.asarray(positions, dtype=np.int64), side="right") - 1
+    inside = sentence_ends[sentence] > np.asarray(positions, dtype=np.int64) if positions else []
+    pairs = {(int(k), t) for k, t, ok in zip(sentence.tolist(), found, inside, strict=True) if ok}
     df = dict.fromkeys(wanted, 0)
-    for terms in found:
-        for term in terms:
-            df[term] += 1
+    for _, term in pairs:
+        df[term] += 1
     idf = {t: math.log(1.0 + (count - n + 0.5) / (n + 0.5)) for t, n in df.items()}
     total = sum(idf.values())
-    return np.fromiter((sum(idf[t] for t in terms) / total for terms in found), dtype=np.float32, count=count)
+    out = np.zeros(count, dtype=np.float64)
+    for k, term in pairs:
+        out[k] += idf[term]
+    return (out / total).astype(np.float32)

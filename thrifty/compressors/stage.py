@@ -28,7 +28,8 @@ match.
 It records ``ctx.savings["compression"]``: tokens of the prompt before and
 after (counted with the target model's tokenizer, an estimate for non-OpenAI
 models), and in ``detail`` the compressor, its version, the mode, the rate,
-the compression time in ms and the number of parts compressed; the recorder
+the compression time in ms, the number of parts compressed and how many of
+them were compressed for a question (``question_aware``); the recorder
 prices the saved tokens at the model's input price. A compressor failure
 sends the call on uncompressed (recorded as ``detail["error"]``) unless
 ``fail_open = false``, when the call fails with
@@ -170,7 +171,7 @@ class CompressionStage(Stage):
         ctx.savings[TECHNIQUE] = Saving(before, before - saved, detail={
             "compressor": first.compressor, "version": first.version, "mode": first.mode, "rate": plan.rate,
             "ms": round(ms, 3), "parts": len(results),
-            "question_aware": sum(1 for where, _ in found if questions.get(where))})
+            "question_aware": len(questions)})
         return _replace_texts(request, {where: r.text for (where, _), r in zip(found, results, strict=True)})
 
     @staticmethod
