@@ -247,12 +247,12 @@ def test_each_part_is_compressed_for_the_question_that_came_with_it(engine, upst
 
     client = oai(engine, upstream)
     # one message: the context, then the question as its short last paragraph
-    prompt = f"Context:\n{CONTEXT}\n\nQuestion: {ASK}"
+    prompt = f"Context:\n{CONTEXT}\n\n{ASK}"
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}],
                                    extra_body=_asking())
     [sent] = _sent_texts(upstream)
-    assert sent == expect(prompt, f"Question: {ASK}") != expect(prompt)
-    assert FACT in sent and sent.endswith(f"Question: {ASK}")
+    assert sent == expect(prompt, ASK) != expect(prompt)
+    assert FACT in sent and sent.endswith(ASK)
     # a later turn leaves the earlier one compressed as before (prompt caches still match)
     client.chat.completions.create(
         model="gpt-4o-mini", extra_body=_asking(),
@@ -304,3 +304,22 @@ def test_settings_can_turn_the_question_off_and_anthropic_tool_results_get_it(tm
             assert text == ref.compress(CONTEXT, 0.33, target="claude-3-5-haiku-latest", question=expected).text
         finally:
             eng.close()
+
+
+def test_a_labelled_question_in_a_langchain_rag_prompt(engine, upstream, weights):
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_openai import ChatOpenAI
+
+    from thrifty.compressors.lingua import Compressor
+
+    # the shape of LangChain's common RAG prompt: instructions, the question, then the context, one message
+    prompt = ChatPromptTemplate.from_messages([("human", (
+        "You are an assistant for question-answering tasks. Use the following pieces of retrieved context "
+        "to answer the question.\nQuestion: {question} \nContext: {context} \nAnswer:"))])
+    chat = thrifty.wrap(ChatOpenAI(model="gpt-4o-mini", api_key="sk-lc", base_url=upstream.url, max_retries=0,
+                                   extra_body=_asking()), engine=engine)
+    (prompt | chat).invoke({"question": ASK, "context": CONTEXT})
+    [sent] = _sent_texts(upstream)
+    text = prompt.format_messages(question=ASK, context=CONTEXT)[0].content
+    assert sent == Compressor.load("fast", str(weights)).compress(text, 0.33, target="gpt-4o-mini", question=ASK).text
+    assert FACT in sent and f"Question: {ASK}" in sent

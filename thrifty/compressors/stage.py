@@ -17,9 +17,10 @@ Each part is compressed for its question (question-aware allocation, see
 :mod:`thrifty.compressors.lingua`): the ``question`` option's text when the
 call gives one; otherwise (unless ``question`` is ``false`` or ``[compression]
 question = false``) the user text that came with it: the text parts of its own
-message that are not compressed, or, when the message is one long text, its
-last paragraph if that is short (at most :data:`QUESTION_WORDS` words, as in
-``"...context...\n\nQuestion: who maintains it?"``); for a tool result or an
+message that are not compressed, or, when the message is long text, its last
+line labelled ``Question:`` (as RAG prompt templates write it), else its last
+paragraph, if that is short (at most :data:`QUESTION_WORDS` words, as in
+``"...context...\n\nwho maintains it?"``); for a tool result or an
 assistant message, the last user message before it that has text. A part's
 question depends only on the messages up to its own, so an earlier turn
 compresses the same way on every later call and provider prompt caches still
@@ -41,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -70,6 +72,7 @@ log = logging.getLogger("thrifty.compression")
 TECHNIQUE = "compression"
 #: The longest last paragraph of a compressed user message that is taken as its question.
 QUESTION_WORDS = 64
+_LABELLED = re.compile(r"^[ \t]*question[ \t]*:[ \t]*(\S.*)$", re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,9 +260,10 @@ def _question_before(messages: list[Message], index: int, compressed: set[tuple[
         short = [text for j, text in texts if (i, j) not in compressed]
         if short:
             return "\n".join(short)
+        labelled = [q for _, text in texts for q in _LABELLED.findall(text)]
         paragraphs = texts[-1][1].strip().split("\n\n")
-        last = paragraphs[-1].strip()
-        return last if len(paragraphs) > 1 and len(last.split()) <= QUESTION_WORDS else None
+        last = labelled[-1].strip() if labelled else paragraphs[-1].strip() if len(paragraphs) > 1 else ""
+        return last if last and len(last.split()) <= QUESTION_WORDS else None
     return None
 
 
