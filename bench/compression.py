@@ -407,16 +407,36 @@ class _LegacyCacheModel:
         return SimpleNamespace(logits=out.logits, past_key_values=legacy)
 
 
-def llmlingua1(lm_dir: Path) -> Compress:
+def _causal_compressor(lm_dir: Path) -> Any:
     from llmlingua import PromptCompressor
 
     pc = PromptCompressor(model_name=str(lm_dir), device_map="cpu")
     pc.model = _LegacyCacheModel(pc.model)
+    return pc
+
+
+def llmlingua1(lm_dir: Path) -> Compress:
+    pc = _causal_compressor(lm_dir)
 
     def run(text: str, rate: float, question: str = "") -> str:
         return pc.compress_prompt(
             [text], rate=rate, use_sentence_level_filter=False, use_context_level_filter=False,
             use_token_level_filter=True,
+        )["compressed_prompt"]
+
+    return run
+
+
+def longllmlingua(lm_dir: Path) -> Compress:
+    """LongLLMLingua's question-aware token-level compression (perplexity conditioned on the question,
+    contrasted with the unconditioned one) on one context; the question is not appended to the output."""
+    pc = _causal_compressor(lm_dir)
+
+    def run(text: str, rate: float, question: str = "") -> str:
+        return pc.compress_prompt(
+            [text], question=question, rate=rate, rank_method="longllmlingua", condition_in_question="after_condition",
+            condition_compare=True, use_sentence_level_filter=False, use_context_level_filter=False,
+            use_token_level_filter=True, concate_question=False,
         )["compressed_prompt"]
 
     return run
@@ -608,7 +628,8 @@ def agreement(exact: Any, others: dict[str, Any], text: str) -> dict[str, float]
 
 
 ALL_METHODS = ("thrifty-exact", "thrifty-fast", "thrifty-exact-q", "thrifty-fast-q", "thrifty-bf16",
-               "thrifty-exact-sw0", "thrifty-fast-sw0", "llmlingua2-thrifty-weights", "random", "llmlingua1-smollm2")
+               "thrifty-exact-sw0", "thrifty-fast-sw0", "llmlingua2-thrifty-weights", "random", "llmlingua1-smollm2",
+               "longllmlingua-smollm2")
 
 
 def load_methods(names: list[str], seed: int, tmp: Path) -> tuple[dict[str, Compress], dict[str, Any], dict[str, str]]:
@@ -642,6 +663,10 @@ def load_methods(names: list[str], seed: int, tmp: Path) -> tuple[dict[str, Comp
             from thrifty.compressors.train import teacher_dir
 
             methods[name] = llmlingua1(teacher_dir("smollm2-135m"))
+        elif name == "longllmlingua-smollm2":
+            from thrifty.compressors.train import teacher_dir
+
+            methods[name] = longllmlingua(teacher_dir("smollm2-135m"))
     return methods, runtimes, notes
 
 
