@@ -764,7 +764,10 @@ def argv_is_cli() -> bool:
 
 
 def results_path(args: argparse.Namespace) -> Path:
-    """``compression.json`` for the evaluation set read by the default QA model; else named by set and model."""
+    """``--results``; else ``compression.json`` for the evaluation set read by the default QA model; else
+    named by set and model."""
+    if args.results:
+        return Path(args.results)
     if args.set == "eval" and args.qa_model == QA_MODEL:
         return RESULTS
     suffix = "" if args.set == "eval" else f"_{args.set}"
@@ -868,7 +871,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="comma-separated keep rates (default: 0.5,0.33)")
     r.add_argument("--no-speed", action="store_true")
     r.add_argument("--methods", default="", help=f"comma-separated, from {','.join(ALL_METHODS)} (default: all)")
-    r.add_argument("--fresh", action="store_true", help="replace bench/results/compression.json instead of merging")
+    r.add_argument("--fresh", action="store_true", help="replace the results file instead of merging")
+    r.add_argument("--results", default="", help="the results file (default: by set and QA model)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.command == "build-eval":

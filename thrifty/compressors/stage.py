@@ -261,8 +261,11 @@ def _question_before(messages: list[Message], index: int, compressed: set[tuple[
         if short:
             return "\n".join(short)
         labelled = [q for _, text in texts for q in _LABELLED.findall(text)]
-        paragraphs = texts[-1][1].strip().split("\n\n")
-        last = labelled[-1].strip() if labelled else paragraphs[-1].strip() if len(paragraphs) > 1 else ""
+        if labelled:
+            last = labelled[-1].strip()
+        else:  # the last paragraph, when there is more than one
+            paragraphs = texts[-1][1].strip().split("\n\n")
+            last = paragraphs[-1].strip() if len(paragraphs) > 1 else ""
         return last if last and len(last.split()) <= QUESTION_WORDS else None
     return None
 
