@@ -23,7 +23,8 @@ teachers and models without looking at the evaluation set.
 ``run`` compresses each passage at keep rates 0.5 and 0.33 with: thrifty's
 compressor (exact mode; fast mode, the distilled student; ``thrifty-bf16``, the
 full model in bfloat16, for reference), random word dropping at the same rate
-(seeded), LLMLingua-1 (the ``llmlingua`` package with a local causal LM) and
+(seeded), LLMLingua-1 (the ``llmlingua`` package with a local causal LM),
+LongLLMLingua (its question-aware method, same causal LM) and
 ``llmlingua``'s own LLMLingua-2 path on thrifty's weights; the ``-q`` variants
 of thrifty's modes compress each passage for its question (question-aware
 allocation; every question names the fictional project its fact sentence
