@@ -598,14 +598,14 @@ def speed_prompt(rows: list[dict[str, Any]], target_tokens: int = 10_000) -> str
     return "\n\n".join(out)
 
 
-def time_per_1k(fn: Compress, text: str, tokens: int, repeats: int) -> float:
+def time_per_1k(fn: Compress, text: str, tokens: int, repeats: int, question: str = "") -> float:
     """Best of ``repeats`` runs, in ms per 1k tokens; each run's text differs (thrifty caches by content)."""
-    fn(text[:2000], 0.5, "")  # warm-up
+    fn(text[:2000], 0.5, question)  # warm-up
     times = []
     for i in range(repeats):
         variant = f"{text}\n\nRun {i}."
         started = time.perf_counter()
-        fn(variant, 0.5, "")
+        fn(variant, 0.5, question)
         times.append(time.perf_counter() - started)
     return min(times) * 1000 / (tokens / 1000)
 
@@ -715,9 +715,11 @@ def run(args: argparse.Namespace) -> None:
             if not args.no_speed:
                 text = speed_prompt(rows)
                 tokens = speed_tokens = count_tokens(text)
-                for name in ("thrifty-exact", "thrifty-fast", "thrifty-bf16", "llmlingua2-thrifty-weights"):
-                    if name in methods:
-                        speed[name] = round(time_per_1k(methods[name], text, tokens, args.repeats), 1)
+                for name in ("thrifty-exact", "thrifty-fast", "thrifty-fast-q", "thrifty-bf16",
+                             "llmlingua2-thrifty-weights"):
+                    if name in methods:  # "-q": for the question of the prompt's first passage
+                        question = rows[0]["question"] if name.endswith("-q") else ""
+                        speed[name] = round(time_per_1k(methods[name], text, tokens, args.repeats, question), 1)
                 if "exact" in runtimes:
                     agree = agreement(runtimes["exact"], {f"thrifty-{mode}": c for mode, c in runtimes.items()
                                                           if mode != "exact"}, text)
