@@ -81,6 +81,7 @@ from typing import Any
 
 import numpy as np
 
+from thrifty.compressors._scripts import is_spaceless
 from thrifty.compressors.base import CompressResult, Progress
 from thrifty.compressors.model import LoadedModel, fast_precision, fast_variant_dir, load_model
 from thrifty.compressors.protect import merge_spans, protected_spans
@@ -542,18 +543,7 @@ def _joins(text: str, end: int, start: int, gap: str) -> bool:
     """
     if not text[start].isalnum() and not text[start - 1].isspace():
         return True
-    return not any(c.isspace() for c in gap) and (_spaceless(text[end - 1]) or _spaceless(text[start]))
-
-
-#: Unicode blocks of scripts written without spaces between words: Thai, Lao, Myanmar, CJK (with kana
-#: and the CJK symbols), CJK compatibility ideographs, full-width forms, and the supplementary ideographs.
-_SPACELESS = ((0x0E00, 0x0EFF), (0x1000, 0x109F), (0x2E80, 0xA4CF), (0xF900, 0xFAFF), (0xFF00, 0xFFEF),
-              (0x20000, 0x3FFFF))
-
-
-def _spaceless(ch: str) -> bool:
-    code = ord(ch)
-    return any(lo <= code <= hi for lo, hi in _SPACELESS)
+    return not any(c.isspace() for c in gap) and (is_spaceless(text[end - 1]) or is_spaceless(text[start]))
 
 
 def _grow_right(text: str, pos: int, limit: int) -> int:

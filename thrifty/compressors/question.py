@@ -31,14 +31,13 @@ import re
 import numpy as np
 
 from thrifty.compressors._data import FUNCTION_WORDS
+from thrifty.compressors._scripts import SPACELESS_CLASS
 
 __all__ = ["question_terms", "sentence_relevance"]
 
-#: Blocks of scripts written without spaces between words (as in :mod:`thrifty.compressors.lingua`).
-_SPACELESS = "\u0e00-\u0eff\u1000-\u109f\u2e80-\ua4cf\uf900-\ufaff\uff00-\uffef\U00020000-\U0003ffff"
 _WORD = re.compile(r"\w+")
-_SPACELESS_CHAR = re.compile(rf"[{_SPACELESS}]")
-_SEGMENT = re.compile(rf"[{_SPACELESS}]+|[^{_SPACELESS}]+")
+_SPACELESS_CHAR = re.compile(f"[{SPACELESS_CLASS}]")
+_SEGMENT = re.compile(f"[{SPACELESS_CLASS}]+|[^{SPACELESS_CLASS}]+")
 _SUFFIXES = ("ing", "ed", "es", "s")
 
 

@@ -1,0 +1,17 @@
+"""Scripts written without spaces between words, for the compressor and the question relevance."""
+
+from __future__ import annotations
+
+#: Unicode blocks of scripts written without spaces between words: Thai, Lao, Myanmar, CJK (with kana
+#: and the CJK symbols), CJK compatibility ideographs, full-width forms, and the supplementary ideographs.
+SPACELESS_BLOCKS = ((0x0E00, 0x0EFF), (0x1000, 0x109F), (0x2E80, 0xA4CF), (0xF900, 0xFAFF), (0xFF00, 0xFFEF),
+                    (0x20000, 0x3FFFF))
+
+#: The same blocks as the inside of a regular-expression character class.
+SPACELESS_CLASS = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in SPACELESS_BLOCKS)
+
+
+def is_spaceless(ch: str) -> bool:
+    """Whether ``ch`` belongs to a script written without spaces."""
+    code = ord(ch)
+    return any(lo <= code <= hi for lo, hi in SPACELESS_BLOCKS)
