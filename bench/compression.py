@@ -488,6 +488,17 @@ def compare_teachers(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- sentence weights
 
 
+def scores(texts: list[str], rows: list[dict[str, Any]], ask: AnswerCache | None, qa_limit: int) -> dict[str, float]:
+    """Answer-span survival in ``texts`` (one per row) and, with a QA model, its accuracy on the first
+    ``qa_limit`` of them."""
+    pairs = list(zip(texts, rows, strict=True))
+    out = {"span_survival": round(sum(contains(t, r["answer"]) for t, r in pairs) / len(rows), 3)}
+    if ask is not None:
+        asked = pairs[:qa_limit]
+        out["accuracy"] = round(sum(contains(ask(t, r["question"]), r["answer"]) for t, r in asked) / len(asked), 3)
+    return out
+
+
 def compare_sentence_weights(args: argparse.Namespace) -> None:
     """The exact mode at several ``sentence_weight`` values: QA accuracy and answer-span survival on a
     question set, and on held-out passages without inserted facts, what each weight does to ordinary
@@ -505,17 +516,11 @@ def compare_sentence_weights(args: argparse.Namespace) -> None:
     ask = AnswerCache(LocalLM(args.qa_model)) if args.qa_limit else None
     out: dict[str, Any] = {"set": args.set, "rate": args.rate, "qa_model": args.qa_model, "weights": {}}
     if ask is not None:
-        hits = [contains(ask(r["passage"], r["question"]), r["answer"]) for r in rows[: args.qa_limit]]
-        out["original_accuracy"] = round(sum(hits) / len(hits), 3)
+        out["original_accuracy"] = scores([r["passage"] for r in rows], rows, ask, args.qa_limit)["accuracy"]
     held = _data.read_jsonl(WORK / "heldout.jsonl")[: args.passages]
     for w in weights:
         texts = [exact.compress(r["passage"], args.rate, sentence_weight=w).text for r in rows]
-        pairs = list(zip(texts, rows, strict=True))
-        entry: dict[str, Any] = {"span_survival": round(sum(contains(t, r["answer"]) for t, r in pairs) / len(rows), 3)}
-        if ask is not None:
-            asked = pairs[: args.qa_limit]
-            hits = sum(contains(ask(t, r["question"]), r["answer"]) for t, r in asked)
-            entry["accuracy"] = round(hits / len(asked), 3)
+        entry: dict[str, Any] = scores(texts, rows, ask, args.qa_limit)
         wiped = sentences = content = kept = 0
         for passage in held:
             d = exact.keep_decisions(passage["text"], args.rate, sentence_weight=w)
@@ -554,8 +559,7 @@ def compare_question_weights(args: argparse.Namespace) -> None:
     out: dict[str, Any] = {"set": args.set, "rate": args.rate, "qa_model": args.qa_model, "weights": {}}
     if ask is not None:
         out["qa_dtype"] = ask.lm.dtype
-        hits = [contains(ask(r["passage"], r["question"]), r["answer"]) for r in rows[: args.qa_limit]]
-        out["original_accuracy"] = round(sum(hits) / len(hits), 3)
+        out["original_accuracy"] = scores([r["passage"] for r in rows], rows, ask, args.qa_limit)["accuracy"]
     default = lingua.QUESTION_WEIGHT
     try:
         for w in [float(x) for x in args.weights.split(",")]:
@@ -566,12 +570,7 @@ def compare_question_weights(args: argparse.Namespace) -> None:
                     continue  # weight 0 ignores the question
                 texts = [fast.compress(r["passage"], args.rate, question=q).text
                          for r, q in zip(rows, questions, strict=True)]
-                pairs = list(zip(texts, rows, strict=True))
-                entry[f"span_survival{tag}"] = round(sum(contains(t, r["answer"]) for t, r in pairs) / len(rows), 3)
-                if ask is not None:
-                    asked = pairs[: args.qa_limit]
-                    hits = sum(contains(ask(t, r["question"]), r["answer"]) for t, r in asked)
-                    entry[f"accuracy{tag}"] = round(hits / len(asked), 3)
+                entry.update({f"{k}{tag}": v for k, v in scores(texts, rows, ask, args.qa_limit).items()})
             out["weights"][str(w)] = entry
             print(f"question weight {w}: {json.dumps(entry)}", flush=True)
     finally:
@@ -736,25 +735,21 @@ def run(args: argparse.Namespace) -> None:
     qa_methods = set(args.qa_methods.split(",")) if args.qa_methods else set(compressed)
     table: list[dict[str, Any]] = []
     if ask is not None and (not args.qa_methods or "original" in qa_methods):
-        correct = [contains(ask(r["passage"], r["question"]), r["answer"]) for r in qa_rows]
+        accuracy = scores([r["passage"] for r in rows], rows, ask, args.qa_limit)["accuracy"]
         table.append({"method": "original", "rate": 1.0, "achieved_rate": 1.0, "span_survival": 1.0,
-                      "accuracy": round(sum(correct) / len(qa_rows), 3), "qa_questions": len(qa_rows),
-                      "qa_dtype": ask.lm.dtype})
+                      "accuracy": accuracy, "qa_questions": len(qa_rows), "qa_dtype": ask.lm.dtype})
         print(json.dumps(table[-1]), file=sys.stderr, flush=True)
     for name, by_rate in compressed.items():
         for rate, texts in by_rate.items():
             achieved = statistics.mean(
                 count_tokens(t) / max(1, count_tokens(r["passage"])) for t, r in zip(texts, rows, strict=True)
             )
-            survival = sum(contains(t, r["answer"]) for t, r in zip(texts, rows, strict=True)) / len(rows)
+            qa = ask if name in qa_methods else None
+            measured = scores(texts, rows, qa, args.qa_limit)
             entry: dict[str, Any] = {"method": name, "rate": rate, "achieved_rate": round(achieved, 3),
-                                     "span_survival": round(survival, 3), "questions": len(rows)}
-            if ask is not None and name in qa_methods:
-                pairs = zip(texts[: len(qa_rows)], qa_rows, strict=True)
-                hits = [contains(ask(t, r["question"]), r["answer"]) for t, r in pairs]
-                entry["accuracy"] = round(sum(hits) / len(qa_rows), 3)
-                entry["qa_questions"] = len(qa_rows)
-                entry["qa_dtype"] = ask.lm.dtype
+                                     "span_survival": measured["span_survival"], "questions": len(rows)}
+            if qa is not None:
+                entry.update(accuracy=measured["accuracy"], qa_questions=len(qa_rows), qa_dtype=qa.lm.dtype)
             table.append(entry)
             print(json.dumps(entry), file=sys.stderr, flush=True)
     command = "python bench/compression.py run " + " ".join(sys.argv[2:] if argv_is_cli() else [])
