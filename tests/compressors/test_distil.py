@@ -26,18 +26,22 @@ def test_student_layers_start_from_the_named_teacher_layers(weights):
     assert torch.equal(s["bert.embeddings.word_embeddings.weight"], t["bert.embeddings.word_embeddings.weight"])
 
 
-def test_distil_writes_a_student_the_fast_mode_loads(tmp_path, weights):
-    from thrifty.compressors.lingua import Compressor
-
-    teacher = shutil.copytree(weights, tmp_path / "weights" / "teacher")
+def _distil(tmp_path, teacher, *extra):
     work = tmp_path / "work"
     sentences = [s.strip() + "." for s in PASSAGE.split(".") if s.strip()]
     rows = [_data.Passage(id=str(i), doc="d", text=" ".join(sentences[i:] + sentences[:i])) for i in range(12)]
     _data.write_jsonl(work / "train.jsonl", rows)
-    metrics = distil.run(distil.parser().parse_args([
+    return distil.run(distil.parser().parse_args([
         "--work", str(work), "--teacher", str(teacher), "--limit", "12", "--epochs", "2", "--batch-size", "4",
-        "--threads", "1", "--layers-from", "0,1,5", "--frozen", "1",
+        "--threads", "1", "--layers-from", "0,1,5", "--frozen", "1", *extra,
     ]))
+
+
+def test_distil_writes_a_student_the_fast_mode_loads(tmp_path, weights):
+    from thrifty.compressors.lingua import Compressor
+
+    teacher = shutil.copytree(weights, tmp_path / "weights" / "teacher")
+    metrics = _distil(tmp_path, teacher)
     assert metrics["steps"] == 2 * 3 and 0 <= metrics["dev_top_half_agreement_after"] <= 1
     variant = fast_variant_dir(teacher)
     assert variant == teacher.parent / "test-random-head-fast"
@@ -59,6 +63,18 @@ def test_distil_writes_a_student_the_fast_mode_loads(tmp_path, weights):
     uncached = "bfloat16" if fast_precision() == "float32" else "float32"  # the other is cached from above
     with pytest.raises(LocalModelError, match="num_hidden_layers"):
         load_model(variant, precision=uncached)
+
+
+def test_a_student_written_elsewhere_leaves_the_teacher_as_it_was(tmp_path, weights, capsys):
+    # an experiment must not point the shipped model's fast mode at a directory it cannot find
+    teacher = shutil.copytree(weights, tmp_path / "weights" / "teacher")
+    before = (teacher / "manifest.json").read_bytes()
+    out = tmp_path / "experiments" / "student"
+    _distil(tmp_path, teacher, "--out", str(out))
+    assert (out / "manifest.json").is_file() and (out / "delta.safetensors").is_file()
+    assert (teacher / "manifest.json").read_bytes() == before
+    assert fast_variant_dir(teacher) is None
+    assert "is not beside" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("avx512_bf16", "amx", "expected"), [

@@ -14,7 +14,8 @@ are computed once and cached); the others and the head are trained and
 shipped as the student's delta over the same base package.
 
 The fast mode runs the student when the teacher's manifest names it
-(``"fast_variant"``), in bfloat16 where the CPU computes it natively;
+(``"fast_variant"``, written when the student is written beside the teacher,
+not for an ``--out`` elsewhere), in bfloat16 where the CPU computes it natively;
 ``bench/compression.py`` measures its keep-decision agreement with the exact
 mode and its QA accuracy.
 """
@@ -202,8 +203,13 @@ def write(student: Any, teacher_dir: Path, args: argparse.Namespace, layers_from
         },
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    teacher_manifest["fast_variant"] = name
-    (teacher_dir / "manifest.json").write_text(json.dumps(teacher_manifest, indent=2) + "\n", encoding="utf-8")
+    if out.resolve().parent == teacher_dir.resolve().parent:
+        # the fast mode finds its model by this name beside the teacher
+        teacher_manifest["fast_variant"] = name
+        (teacher_dir / "manifest.json").write_text(json.dumps(teacher_manifest, indent=2) + "\n", encoding="utf-8")
+    else:
+        print(f"{out} is not beside {teacher_dir}: the teacher's manifest is left as it was "
+              f"(use the student with model={out})", file=sys.stderr)
     return out
 
 
