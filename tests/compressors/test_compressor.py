@@ -74,6 +74,30 @@ def test_other_scripts_and_emoji_are_never_mangled(exact, text):
         assert out.count("\u0301") == out.count("cafe\u0301") or "cafe" not in out
 
 
+def test_an_english_model_keeps_chinese_and_thai_whole(tmp_path, exact):
+    # thrifty's own manifests say English: its tokenizer makes each CJK character a word, and dropping
+    # some of them would break the words they spell, so text in scripts without spaces passes through
+    from tests.compressors.weights_support import make_weights
+    from thrifty.compressors.lingua import Compressor
+    from thrifty.compressors.model import default_model_dir, load_model
+
+    assert load_model(default_model_dir()).languages == ("en",)
+    english = Compressor.load("exact", str(make_weights(tmp_path / "en", languages=["en"])))
+    zh = "北京是中华人民共和国的首都，也是全国的政治中心和文化中心。长城全长两万多公里。"
+    th = "กรุงเทพมหานครเป็นเมืองหลวงของประเทศไทย"
+    text = PASSAGE + zh * 6 + "\n\n" + PASSAGE + th + " " + PASSAGE
+    out = english.compress(text, 0.4)
+    assert zh * 6 in out.text and th in out.text  # byte for byte
+    assert len(out.text) < len(text) and out.protected_chars >= len(zh * 6) + len(th)
+    assert english.compress(zh * 6, 0.4).text == zh * 6
+    # the same weights without the manifest's languages decide character by character, as llmlingua does
+    assert zh * 6 not in exact.compress(text, 0.4).text
+    # and so do the keep decisions, which protect nothing unless asked
+    assert "北" in english.keep_decisions(zh, 0.5).words
+    assert zh * 6 not in Compressor.load(
+        "exact", str(make_weights(tmp_path / "zh", languages=["en", "zh"]))).compress(text, 0.4).text
+
+
 def test_malformed_unicode_survives(exact):
     text = ("Some text with a broken byte \udcff here and more words to compress away. " * 4)
     out = exact.compress(text, 0.5).text

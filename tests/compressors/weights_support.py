@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 
-def make_weights(folder: Path, *, seed: int = 0, scale: float = 30.0) -> Path:
-    """A thrifty weights directory in ``folder``: manifest.json and delta.safetensors (the head)."""
+def make_weights(folder: Path, *, seed: int = 0, scale: float = 30.0, languages: list[str] | None = None) -> Path:
+    """A thrifty weights directory in ``folder``: manifest.json and delta.safetensors (the head); ``languages``
+    as its manifest names them (none by default, as for a model of unknown training)."""
     import torch
     from safetensors.torch import save_file
 
@@ -30,6 +31,7 @@ def make_weights(folder: Path, *, seed: int = 0, scale: float = 30.0) -> Path:
         "delta_sha256": sha256_file(folder / "delta.safetensors"),
         "labels": ["drop", "keep"],
         "max_seq_len": 512,
+        **({"languages": languages} if languages is not None else {}),
         "training": {"command": "tests/compressors/weights_support.py", "data": "none: a random head"},
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))

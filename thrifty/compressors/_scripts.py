@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 #: Unicode blocks of scripts written without spaces between words: Thai, Lao, Myanmar, CJK (with kana
 #: and the CJK symbols), CJK compatibility ideographs, full-width forms, and the supplementary ideographs.
 SPACELESS_BLOCKS = ((0x0E00, 0x0EFF), (0x1000, 0x109F), (0x2E80, 0xA4CF), (0xF900, 0xFAFF), (0xFF00, 0xFFEF),
@@ -10,8 +12,15 @@ SPACELESS_BLOCKS = ((0x0E00, 0x0EFF), (0x1000, 0x109F), (0x2E80, 0xA4CF), (0xF90
 #: The same blocks as the inside of a regular-expression character class.
 SPACELESS_CLASS = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in SPACELESS_BLOCKS)
 
+#: One character of those scripts.
+SPACELESS_CHAR = re.compile(f"[{SPACELESS_CLASS}]")
+
 
 def is_spaceless(ch: str) -> bool:
     """Whether ``ch`` belongs to a script written without spaces."""
     code = ord(ch)
     return any(lo <= code <= hi for lo, hi in SPACELESS_BLOCKS)
+
+
+#: Languages written in those scripts (ISO 639-1): Chinese, Japanese, Thai, Lao, Burmese.
+SPACELESS_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my"})

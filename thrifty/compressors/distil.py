@@ -185,6 +185,7 @@ def write(student: Any, teacher_dir: Path, args: argparse.Namespace, layers_from
         "delta_tensors": sorted(delta),
         "architecture": "BertForTokenClassification",
         "labels": teacher_manifest["labels"],
+        "languages": teacher_manifest.get("languages", []),
         "max_seq_len": teacher_manifest.get("max_seq_len", train.MAX_SEQ_LEN),
         "word_probability": teacher_manifest.get("word_probability", train.WORD_PROBABILITY),
         "distilled_from": {"name": teacher_manifest["name"], "version": teacher_manifest["version"],

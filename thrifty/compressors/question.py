@@ -31,12 +31,11 @@ import re
 import numpy as np
 
 from thrifty.compressors._data import FUNCTION_WORDS
-from thrifty.compressors._scripts import SPACELESS_CLASS
+from thrifty.compressors._scripts import SPACELESS_CHAR, SPACELESS_CLASS
 
 __all__ = ["question_terms", "sentence_relevance"]
 
 _WORD = re.compile(r"\w+")
-_SPACELESS_CHAR = re.compile(f"[{SPACELESS_CLASS}]")
 _SEGMENT = re.compile(f"[{SPACELESS_CLASS}]+|[^{SPACELESS_CLASS}]+")
 _SUFFIXES = ("ing", "ed", "es", "s")
 
@@ -60,13 +59,13 @@ def question_terms(text: str) -> set[str]:
 @functools.lru_cache(maxsize=65_536)
 def _terms_of(run: str) -> tuple[str, ...]:
     """The terms of one lower-cased run of word characters."""
-    if not _SPACELESS_CHAR.search(run):
+    if not SPACELESS_CHAR.search(run):
         if run in FUNCTION_WORDS or (len(run) < 2 and not run.isdigit()) or run == "_" * len(run):
             return ()
         return (_stem(run),)
     out: list[str] = []
     for part in _SEGMENT.findall(run):  # spaceless script and the rest, as in "v2版本"
-        if _SPACELESS_CHAR.match(part):
+        if SPACELESS_CHAR.match(part):
             out.extend(part[i: i + 2] for i in range(max(1, len(part) - 1)))
         else:
             out.extend(_terms_of(part))

@@ -453,6 +453,7 @@ def write_weights(model: Any, args: argparse.Namespace, metrics: dict[str, Any])
         "delta_tensors": sorted(delta),
         "architecture": "BertForTokenClassification",
         "labels": LABELS,
+        "languages": ["en"],  # the corpus is English prose (see _data)
         "max_seq_len": MAX_SEQ_LEN,
         "word_probability": WORD_PROBABILITY,
         "training": {
