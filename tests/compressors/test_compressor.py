@@ -90,6 +90,7 @@ def test_an_english_model_keeps_chinese_and_thai_whole(tmp_path, exact):
     assert zh * 6 in out.text and th in out.text  # byte for byte
     assert len(out.text) < len(text) and out.protected_chars >= len(zh * 6) + len(th)
     assert english.compress(zh * 6, 0.4).text == zh * 6
+    assert zh in english.compress(PASSAGE + "broken \udcff byte " + zh + PASSAGE, 0.4).text
     # the same weights without the manifest's languages decide character by character, as llmlingua does
     assert zh * 6 not in exact.compress(text, 0.4).text
     # and so do the keep decisions, which protect nothing unless asked

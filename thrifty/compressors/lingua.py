@@ -85,7 +85,7 @@ from typing import Any
 
 import numpy as np
 
-from thrifty.compressors._scripts import SPACELESS_CHAR, SPACELESS_LANGUAGES, is_spaceless
+from thrifty.compressors._scripts import SPACELESS_BLOCKS, SPACELESS_CHAR, SPACELESS_LANGUAGES, is_spaceless
 from thrifty.compressors.base import CompressResult, Progress
 from thrifty.compressors.model import LoadedModel, fast_precision, fast_variant_dir, load_model
 from thrifty.compressors.protect import merge_spans, protected_spans
@@ -301,8 +301,7 @@ class Compressor:
 
         spans = protected_spans(text, defaults=protect, force_keep=force_keep, patterns=patterns)
         if protect and self._spaceless_whole and SPACELESS_CHAR.search(text):
-            spaceless = np.fromiter((is_spaceless(text[i]) for i in starts.tolist()), dtype=bool, count=len(starts))
-            spans = merge_spans(spans + _spaceless_runs(spaceless, starts, ends))
+            spans = merge_spans(spans + _spaceless_runs(text, starts, ends))
         protected = np.zeros(len(first), dtype=bool)
         if spans:
             spans, protected = _widen(spans, starts, ends)
@@ -446,8 +445,13 @@ def _sentence_scores(p: np.ndarray, sentence: np.ndarray, weight: float) -> np.n
     return (p + weight * (means[ids] - p.mean())).astype(np.float32)
 
 
-def _spaceless_runs(spaceless: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> list[tuple[int, int]]:
-    """Character spans of the runs of words in scripts written without spaces, each run unbroken by a gap."""
+def _spaceless_runs(text: str, starts: np.ndarray, ends: np.ndarray) -> list[tuple[int, int]]:
+    """Character spans of the runs of words (character spans ``starts``-``ends``) that begin in a script
+    written without spaces, each run unbroken by a gap."""
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")[starts]
+    spaceless = np.zeros(len(starts), dtype=bool)
+    for lo, hi in SPACELESS_BLOCKS:
+        spaceless |= (codes >= lo) & (codes <= hi)
     idx = np.flatnonzero(spaceless)
     if not idx.size:
         return []

@@ -218,7 +218,8 @@ def _load_thrifty(path: Path) -> LoadedModel:
         package, base_sha = base["package"], base["sha256"]
         delta_sha = manifest["delta_sha256"]
         labels = list(manifest.get("labels") or ["drop", "keep"])
-        languages = tuple(str(x) for x in manifest.get("languages") or ())
+        languages = manifest.get("languages") or ()
+        languages = (languages,) if isinstance(languages, str) else tuple(str(x) for x in languages)
     except (KeyError, TypeError) as exc:
         raise LocalModelError(f"{path / 'manifest.json'} lacks {exc}: see thrifty.compressors.model") from None
     if "keep" not in labels:
