@@ -234,16 +234,22 @@ def test_max_attempts_per_model(make_engine):
     assert len(rows(engine)) == 2
 
 
-def test_backoff_grows_and_is_capped(make_engine, monkeypatch):
-    # the waits the stage asks for, in this thread (they are still slept: other threads may sleep too)
-    sleep, me, waits = time.sleep, threading.get_ident(), []
+@pytest.fixture
+def waits(monkeypatch) -> list[float]:
+    """The waits the retry stage asks for in this thread, recorded and still slept (other threads may sleep
+    too): what a wall-clock ceiling would check, without the ceiling a busy machine breaks."""
+    sleep, me, asked = time.sleep, threading.get_ident(), []
 
     def recording_sleep(seconds: float) -> None:
         if threading.get_ident() == me:
-            waits.append(seconds)
+            asked.append(seconds)
         sleep(seconds)
 
     monkeypatch.setattr(time, "sleep", recording_sleep)
+    return asked
+
+
+def test_backoff_grows_and_is_capped(make_engine, waits):
     engine = make_engine(retry={"max_attempts": 4, "backoff_s": 0.05, "max_backoff_s": 0.08})
     t0 = time.perf_counter()
     with pytest.raises(UpstreamError):
@@ -256,13 +262,12 @@ def test_backoff_grows_and_is_capped(make_engine, monkeypatch):
     assert len(rows(engine)) == 4
 
 
-def test_retry_after_replaces_the_backoff(make_engine):
+def test_retry_after_replaces_the_backoff(make_engine, waits):
     # the canned 429 says retry-after: 0, so a 5 s backoff is not waited
     engine = make_engine(retry={"max_attempts": 2, "backoff_s": 5.0, "max_backoff_s": 5.0})
-    t0 = time.perf_counter()
     with pytest.raises(UpstreamError) as info:
         engine.handle(request("canned/fail-429"), proxy_ctx())
-    assert time.perf_counter() - t0 < 2.5  # the backoff, jittered, would wait at least 2.5 s
+    assert waits == []
     assert info.value.status_code == 429 and info.value.headers.get("retry-after") == "0"
     assert len(rows(engine)) == 2
 
@@ -275,23 +280,21 @@ def test_retry_after_is_waited(make_engine):
     assert isinstance(answer, Response) and len(rows(engine)) == 2
 
 
-def test_retry_after_longer_than_max_backoff_moves_to_the_fallback(make_engine):
+def test_retry_after_longer_than_max_backoff_moves_to_the_fallback(make_engine, waits):
     engine = make_engine({"smart": {"model": "scripted/wait-30-9-d", "fallbacks": ["canned/gpt-ok"]}},
                          retry={"max_attempts": 3, "max_backoff_s": 1.0})
-    t0 = time.perf_counter()
     answer = engine.handle(request("smart"), proxy_ctx())
-    assert time.perf_counter() - t0 < 1.0
+    assert waits == []
     assert answer.model == "gpt-ok"
     assert [r["model_used"] for r in rows(engine)] == ["wait-30-9-d", "gpt-ok"]
 
 
-def test_deadline_cuts_the_wait(make_engine):
+def test_deadline_cuts_the_wait(make_engine, waits):
     engine = make_engine(retry={"max_attempts": 3, "backoff_s": 5.0, "max_backoff_s": 5.0})
     ctx = proxy_ctx(deadline=time.monotonic() + 0.5)
-    t0 = time.perf_counter()
     with pytest.raises(UpstreamError):
         engine.handle(request("canned/fail-500"), ctx)
-    assert time.perf_counter() - t0 < 0.5  # a wait past the deadline is not taken
+    assert waits == []  # a wait past the deadline is not taken
     assert len(rows(engine)) == 1
 
 
