@@ -145,6 +145,9 @@ class Compressor:
         self._lock = threading.Lock()
         self._run_lock = threading.Lock()
         self._ntok: dict[str, int] = {}
+        # a model trained on languages none of which is written without spaces keeps such text whole
+        languages = set(loaded.languages)
+        self._spaceless_whole = bool(languages) and not languages & SPACELESS_LANGUAGES
         self._prepare_vocab()
 
     @classmethod
@@ -185,9 +188,6 @@ class Compressor:
         self._ends = ends
         # a word is a sentence end when it is one of these pieces alone ("▁." for sentencepiece)
         self._sentence_ends = np.fromiter((p.lstrip("▁") in _SENTENCE_ENDS for p in pieces), dtype=bool, count=size)
-        # a model trained on languages none of which is written without spaces keeps such text whole
-        languages = set(self._m.languages)
-        self._spaceless_whole = bool(languages) and not languages & SPACELESS_LANGUAGES
         self._cls = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
         self._sep = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
         self._pad = tok.pad_token_id if tok.pad_token_id is not None else 0
