@@ -6,6 +6,7 @@ Commands:
     .venv/bin/python bench/compression.py build-eval --set dev --seed 1   # bench/data/compression_dev.jsonl
     .venv/bin/python bench/compression.py teachers       # teacher labelings compared on the dev set
     .venv/bin/python bench/compression.py sentences      # sentence_weight values compared on the dev set
+    .venv/bin/python bench/compression.py relations      # relation_weight values compared on the dev set
     .venv/bin/python bench/compression.py questions      # question weights compared on the dev set
     .venv/bin/python bench/compression.py run            # prints a table, writes bench/results/compression.json
 
@@ -362,10 +363,15 @@ def machine() -> dict[str, str]:
             "fast_mode_precision": fast_precision()}
 
 
-def as_function(compressor: Any, sentence_weight: float | None = None, asks: bool = False) -> Compress:
+#: llmlingua's selection rule: thrifty's sentence and relation weights off
+LLMLINGUA_RULE = {"sentence_weight": 0.0, "relation_weight": 0.0}
+
+
+def as_function(compressor: Any, plain: bool = False, asks: bool = False) -> Compress:
+    weights = LLMLINGUA_RULE if plain else {}
+
     def run(text: str, rate: float, question: str = "") -> str:
-        return compressor.compress(text, rate=rate, sentence_weight=sentence_weight,
-                                   question=question if asks else None).text
+        return compressor.compress(text, rate=rate, question=question if asks else None, **weights).text
 
     return run
 
@@ -499,34 +505,40 @@ def scores(texts: list[str], rows: list[dict[str, Any]], ask: AnswerCache | None
     return out
 
 
-def compare_sentence_weights(args: argparse.Namespace) -> None:
-    """The exact mode at several ``sentence_weight`` values: QA accuracy and answer-span survival on a
-    question set, and on held-out passages without inserted facts, what each weight does to ordinary
-    text (sentences left with no content word, content words kept)."""
+def compare_selection_weights(args: argparse.Namespace, knob: str) -> None:
+    """One mode at several values of a selection weight (``knob``: ``sentence_weight`` or
+    ``relation_weight``), the other at its default: QA accuracy and answer-span survival on a question
+    set, and on held-out passages without inserted facts, what each value does to ordinary text
+    (sentences left with no content word, content words kept, relation words kept)."""
     import numpy as np
     import torch
 
     from thrifty.compressors import _data
-    from thrifty.compressors.lingua import Compressor
+    from thrifty.compressors.lingua import RELATION_WORDS, Compressor
 
     torch.set_num_threads(args.threads)
     weights = [float(w) for w in args.weights.split(",")]
-    exact = Compressor.load("exact")
+    compressor = Compressor.load(args.mode)
     rows = read_set(args.set, args.limit)
     ask = AnswerCache(LocalLM(args.qa_model)) if args.qa_limit else None
-    out: dict[str, Any] = {"set": args.set, "rate": args.rate, "qa_model": args.qa_model, "weights": {}}
+    out: dict[str, Any] = {"set": args.set, "mode": args.mode, "qa_model": args.qa_model, "rates": {}}
     if ask is not None:
         out["original_accuracy"] = scores([r["passage"] for r in rows], rows, ask, args.qa_limit)["accuracy"]
     held = _data.read_jsonl(WORK / "heldout.jsonl")[: args.passages]
-    for w in weights:
-        texts = [exact.compress(r["passage"], args.rate, sentence_weight=w).text for r in rows]
+    for rate, w in ((rate, w) for rate in args.rates for w in weights):
+        texts = [compressor.compress(r["passage"], rate, **{knob: w}).text for r in rows]
         entry: dict[str, Any] = scores(texts, rows, ask, args.qa_limit)
-        wiped = sentences = content = kept = 0
+        entry["achieved_rate"] = round(statistics.mean(
+            count_tokens(t) / max(count_tokens(r["passage"]), 1) for t, r in zip(texts, rows, strict=True)), 3)
+        wiped = sentences = content = kept = relations = relations_kept = 0
         for passage in held:
-            d = exact.keep_decisions(passage["text"], args.rate, sentence_weight=w)
+            d = compressor.keep_decisions(passage["text"], rate, **{knob: w})
             ends = np.array([x in (".", "!", "?") for x in d.words])
             sentence = np.cumsum(ends) - ends
             is_content = np.array([len(x) >= 4 and not _data.is_function_word(x) for x in d.words])
+            is_relation = np.array([x in RELATION_WORDS for x in d.words])
+            relations += int(is_relation.sum())
+            relations_kept += int(d.keep[is_relation].sum())
             for sid in np.unique(sentence):
                 m = (sentence == sid) & is_content
                 if m.sum() < 3:
@@ -537,9 +549,10 @@ def compare_sentence_weights(args: argparse.Namespace) -> None:
                 kept += int(d.keep[m].sum())
         entry["sentences_wiped"] = round(wiped / max(sentences, 1), 4)
         entry["content_words_kept"] = round(kept / max(content, 1), 4)
-        out["weights"][str(w)] = entry
-        print(f"sentence_weight {w}: {json.dumps(entry)}", flush=True)
-    path = RESULTS.with_name("compression_sentence_weight.json")
+        entry["relation_words_kept"] = round(relations_kept / max(relations, 1), 4)
+        out["rates"].setdefault(str(rate), {})[str(w)] = entry
+        print(f"rate {rate}, {knob} {w}: {json.dumps(entry)}", flush=True)
+    path = Path(args.results) if args.results else RESULTS.with_name(f"compression_{knob}.json")
     path.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
 
 
@@ -613,13 +626,13 @@ def agreement(exact: Any, others: dict[str, Any], text: str) -> dict[str, float]
     """Share of words with the same keep decision as thrifty's exact mode, per other runtime, under the
     default selection and under llmlingua's rule (``-sw0``); the exact mode's decisions are made once per rule."""
     out: dict[str, float] = {}
-    for tag, weight in (("", None), ("-sw0", 0.0)):
-        a = exact.keep_decisions(text, 0.5, sentence_weight=weight).keep
+    for tag, rule in (("", {}), ("-sw0", LLMLINGUA_RULE)):
+        a = exact.keep_decisions(text, 0.5, **rule).keep
         for name, other in others.items():
-            b = other.keep_decisions(text, 0.5, sentence_weight=weight).keep
+            b = other.keep_decisions(text, 0.5, **rule).keep
             if len(a) != len(b):
-                ma = keep_mask(text, exact.compress(text, rate=0.5, sentence_weight=weight).text)
-                mb = keep_mask(text, other.compress(text, rate=0.5, sentence_weight=weight).text)
+                ma = keep_mask(text, exact.compress(text, rate=0.5, **rule).text)
+                mb = keep_mask(text, other.compress(text, rate=0.5, **rule).text)
                 share = sum(x == y for x, y in zip(ma, mb, strict=True)) / len(ma)
             else:
                 share = float((a == b).mean())
@@ -639,7 +652,7 @@ def load_methods(names: list[str], seed: int, tmp: Path) -> tuple[dict[str, Comp
     loaded: dict[str, Any] = {}
     for name in names:
         if name.startswith("thrifty-"):
-            # "-sw0": llmlingua's selection rule (sentence_weight=0) instead of thrifty's default;
+            # "-sw0": llmlingua's selection rule (sentence and relation weights 0) instead of thrifty's default;
             # "-q": compressed for the item's question (question-aware allocation)
             mode = name.removeprefix("thrifty-")
             plain, asks = mode.endswith("-sw0"), mode.endswith("-q")
@@ -652,7 +665,7 @@ def load_methods(names: list[str], seed: int, tmp: Path) -> tuple[dict[str, Comp
                 continue
             if not plain and not asks:
                 runtimes[mode] = compressor
-            methods[name] = as_function(compressor, 0.0 if plain else None, asks)
+            methods[name] = as_function(compressor, plain, asks)
         elif name == "llmlingua2-thrifty-weights":
             from thrifty.compressors.model import default_model_dir
 
@@ -840,18 +853,25 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--priors", default="none,function-words")
     for name, about, weights in (
         ("sentences", "compare sentence_weight values (QA, span survival, ordinary text)", "0,1,2,4,8"),
+        ("relations", "compare relation_weight values (QA, span survival, ordinary text)", "0,0.2,0.4,0.6"),
         ("questions", "compare question weights (QA, span survival, a wrong question)", "0,1,2,4"),
     ):
         w = sub.add_parser(name, help=about)
         w.add_argument("--set", choices=("eval", "dev"), default="dev")
         w.add_argument("--weights", default=weights)
-        w.add_argument("--rate", type=float, default=0.5)
+        if name == "questions":
+            w.add_argument("--rate", type=float, default=0.5)
+        else:
+            w.add_argument("--rates", type=lambda v: tuple(float(x) for x in v.split(",")), default=(0.5,),
+                           help="comma-separated keep rates (default: 0.5)")
         w.add_argument("--limit", type=int, default=0)
         w.add_argument("--qa-limit", type=int, default=120)
         w.add_argument("--qa-model", default=QA_MODEL, choices=sorted(bench_models.MODELS))
         w.add_argument("--threads", type=int, default=2)
-        if name == "sentences":
+        if name in ("sentences", "relations"):
+            w.add_argument("--mode", choices=("exact", "fast"), default="exact" if name == "sentences" else "fast")
             w.add_argument("--passages", type=int, default=150, help="held-out passages for the ordinary-text figures")
+            w.add_argument("--results", default="", help=f"the results file (default: compression_{name[:-1]}_weight.json)")
     r = sub.add_parser("run", help="run the benchmark")
     r.add_argument("--qa-model", default=QA_MODEL, choices=sorted(bench_models.MODELS))
     r.add_argument("--set", choices=("eval", "dev"), default="eval")
@@ -877,8 +897,8 @@ def main(argv: list[str] | None = None) -> None:
         build_eval(args)
     elif args.command == "teachers":
         compare_teachers(args)
-    elif args.command == "sentences":
-        compare_sentence_weights(args)
+    elif args.command in ("sentences", "relations"):
+        compare_selection_weights(args, f"{args.command[:-1]}_weight")
     elif args.command == "questions":
         compare_question_weights(args)
     else:

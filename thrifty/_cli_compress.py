@@ -24,6 +24,9 @@ _PROGRESS_FROM = 4_000  # model tokens; smaller inputs finish before a bar would
 @click.option("--protect", multiple=True, metavar="REGEX", help="A regular expression whose matches are kept.")
 @click.option("--sentence-weight", type=click.FloatRange(0, 100), default=None,
               help="Lift of a sentence's mean keep probability on its words (0: llmlingua's rule; default 2).")
+@click.option("--relation-weight", type=click.FloatRange(0, 100), default=None,
+              help="Lift of the relation words (by, to, than...) in the keep scores (0: llmlingua's rule; "
+                   "default 0.4).")
 @click.option("--question", default=None, metavar="TEXT",
               help="The question the text is context for: the sentences relevant to it are kept.")
 @click.option("--no-default-protection", is_flag=True,
@@ -32,7 +35,8 @@ _PROGRESS_FROM = 4_000  # model tokens; smaller inputs finish before a bar would
               show_default=True, help="Where to write the compressed text.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary line on stderr.")
 def compress(file: str, rate: float, mode: str, model: str | None, force_keep: tuple[str, ...],
-             protect: tuple[str, ...], sentence_weight: float | None, question: str | None,
+             protect: tuple[str, ...], sentence_weight: float | None, relation_weight: float | None,
+             question: str | None,
              no_default_protection: bool, output: str, quiet: bool) -> None:
     """Compress the text in FILE ('-' for standard input) to about RATE of its tokens.
 
@@ -76,7 +80,8 @@ def compress(file: str, rate: float, mode: str, model: str | None, force_keep: t
         try:
             result = compressor.compress(text, rate, force_keep=force_keep, patterns=protect,
                                          protect=not no_default_protection, progress=progress,
-                                         sentence_weight=sentence_weight, question=question)
+                                         sentence_weight=sentence_weight, relation_weight=relation_weight,
+                                         question=question)
         finally:
             if bar is not None:
                 bar.__exit__(None, None, None)

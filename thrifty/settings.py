@@ -145,6 +145,10 @@ class CompressionSettings(BaseModel):
         default=None, ge=0, le=100,
         description="lift of a sentence's mean keep probability on its words (0: llmlingua's rule; "
         "unset: the compressor's default, 2 for llmlingua2)")
+    relation_weight: float | None = Field(
+        default=None, ge=0, le=100,
+        description="lift of the relation words' (by, to, than...) keep scores (0: llmlingua's rule; "
+        "unset: the compressor's default, 0.4 for llmlingua2)")
     question: bool = Field(
         default=True,
         description="compress each part for the question found in the messages: the user text of its own "

@@ -85,3 +85,17 @@ def test_question_option(tmp_path, weights):
     assert result.exit_code == 0
     assert result.stdout == Compressor.load("exact", str(weights)).compress(text, 0.33, question=question).text
     assert fact in result.stdout
+
+
+def test_relation_weight_option(tmp_path, weights):
+    from thrifty.compressors.lingua import Compressor
+
+    src = tmp_path / "in.txt"
+    src.write_text(PASSAGE * 3, encoding="utf-8")
+    result = run(str(src), "--mode", "exact", "--model", str(weights), "--relation-weight", "0", "-q")
+    assert result.exit_code == 0
+    ref = Compressor.load("exact", str(weights))
+    assert result.stdout == ref.compress(PASSAGE * 3, 0.5, relation_weight=0).text
+    assert result.stdout != ref.compress(PASSAGE * 3, 0.5).text
+    bad = run(str(src), "--model", str(weights), "--relation-weight", "-2")
+    assert bad.exit_code != 0 and "relation-weight" in bad.output

@@ -199,6 +199,32 @@ def test_sentence_weight_lifts_the_words_of_informative_sentences(exact):
             exact.compress(text, 0.5, sentence_weight=bad)
 
 
+def test_relation_weight_lifts_the_relation_words(exact):
+    from thrifty.compressors.lingua import RELATION_WEIGHT, RELATION_WORDS
+
+    text = PASSAGE * 2 + "By the river, the scheduler was rewritten by Aisha Okafor after the outage. "
+    plain = exact.keep_decisions(text, 0.5, relation_weight=0)
+    lifted = exact.keep_decisions(text, 0.5)
+    assert RELATION_WEIGHT > 0 and plain.words == lifted.words and np.array_equal(plain.probs, lifted.probs)
+    relation = np.array([w in RELATION_WORDS for w in lifted.words])  # the tokenizer lower-cases "By"
+    assert relation.sum() >= 20 and {"by", "to", "for", "than", "after"} <= set(np.array(lifted.words)[relation])
+    # they are kept more often, other words pay for it, and the rate holds
+    assert lifted.keep[relation].sum() > plain.keep[relation].sum()
+    assert lifted.keep[~relation].sum() < plain.keep[~relation].sum()
+    assert abs(int(plain.keep.sum()) - int(lifted.keep.sum())) <= 0.05 * len(plain.keep)
+    # a weight far above any probability keeps every relation word
+    assert exact.keep_decisions(text, 0.5, relation_weight=50).keep[relation].all()
+    # a part of a longer word is not a relation word ("onto" is; "by" in "bystander" is not)
+    words = exact.keep_decisions("bystanders " * 40 + "onto " * 40, 0.5, relation_weight=50)
+    assert words.keep[np.array([w == "onto" for w in words.words])].all()
+    assert not words.keep[np.array([w.startswith("by") for w in words.words])].all()
+    # the result cache tells the weights apart
+    assert exact.compress(text, 0.5, relation_weight=0).text != exact.compress(text, 0.5).text
+    for bad in (-1, 101, "high", True):
+        with pytest.raises(InvalidRequestError, match="relation_weight"):
+            exact.compress(text, 0.5, relation_weight=bad)
+
+
 def test_a_question_keeps_the_sentences_that_answer_it(exact, weights):
     fact = "Last spring the Larkspur team moved its build servers to Nairobi."
     text = PASSAGE + fact + " " + PASSAGE

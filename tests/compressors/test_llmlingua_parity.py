@@ -55,6 +55,6 @@ def _llmlingua_labels(pc, text: str, rate: float) -> tuple[list[str], list[bool]
 def test_exact_mode_keeps_what_llmlingua_keeps(llmlingua, exact, index, rate):
     text = TEXTS[index]
     words, keep = _llmlingua_labels(llmlingua, text, rate)
-    ours = exact.keep_decisions(text, rate, sentence_weight=0)  # llmlingua's selection rule
+    ours = exact.keep_decisions(text, rate, sentence_weight=0, relation_weight=0)  # llmlingua's selection rule
     assert ours.words == words
     assert ours.keep.tolist() == keep

@@ -233,6 +233,34 @@ CONTEXT = PASSAGE + FACT + " " + PASSAGE * 2
 ASK = "Where did the Larkspur team move its build servers?"
 
 
+
+def test_a_call_and_the_settings_can_choose_the_relation_weight(tmp_path, engine, upstream, weights):
+    from thrifty.compressors.lingua import Compressor
+
+    client = oai(engine, upstream)
+    ref = Compressor.load("fast", str(weights))
+    for weight in (0, 50):
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": LONG}],
+            extra_body={"thrifty": {"compress": {"rate": 0.5, "min_tokens": 50, "relation_weight": weight}}})
+        assert _sent_texts(upstream) == [ref.compress(LONG, 0.5, relation_weight=weight, target="gpt-4o-mini").text]
+    with pytest.raises(openai.BadRequestError, match="relation_weight"):
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": LONG}],
+            extra_body={"thrifty": {"compress": {"relation_weight": "high"}}})
+    # the setting, and a call's option over it
+    eng = _engine(tmp_path, upstream, weights, enabled=True, min_tokens=50, relation_weight=0)
+    try:
+        oai(eng, upstream).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": LONG}])
+        assert _sent_texts(upstream) == [ref.compress(LONG, 0.5, relation_weight=0, target="gpt-4o-mini").text]
+        oai(eng, upstream).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": LONG}],
+            extra_body={"thrifty": {"compress": {"relation_weight": 50}}})
+        assert _sent_texts(upstream) == [ref.compress(LONG, 0.5, relation_weight=50, target="gpt-4o-mini").text]
+    finally:
+        eng.close()
+
+
 def _asking(**options: object) -> dict:
     return {"thrifty": {"compress": {"rate": 0.33, "min_tokens": 50, **options}}}
 

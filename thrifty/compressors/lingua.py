@@ -25,7 +25,16 @@ What thrifty adds:
   small models especially, answer far better from a few nearly whole
   sentences than from the same number of words spread thin (see
   docs/benchmarks.md). With ``sentence_weight=0`` the selection is exactly
-  ``llmlingua``'s, and the exact mode's keep decisions equal its own.
+  ``llmlingua``'s, and the exact mode's keep decisions equal its own
+  (``relation_weight=0`` too, below).
+
+* **Relation words** (``relation_weight``, default :data:`RELATION_WEIGHT`):
+  the prepositions that say how the words around them relate ("rewritten
+  *by* X", "moved *to* Y", "older *than* Z", :data:`RELATION_WORDS`) get
+  that much added to their score. A keep/drop model ranks them with the other
+  small words, and without them a reader of the compressed text takes the
+  wrong name for the answer ("scheduler rewritten Aisha Okafor"); they are
+  short, so they cost few tokens of the budget.
 
 * **Question-aware allocation** (``question``, as in LongLLMLingua): given the
   question the context will answer, each sentence's relevance to it
@@ -92,7 +101,8 @@ from thrifty.compressors.protect import merge_spans, protected_spans
 from thrifty.compressors.question import sentence_relevance
 from thrifty.errors import InvalidRequestError
 
-__all__ = ["QUESTION_WEIGHT", "SENTENCE_WEIGHT", "Compressor", "KeepDecisions"]
+__all__ = ["QUESTION_WEIGHT", "RELATION_WEIGHT", "RELATION_WORDS", "SENTENCE_WEIGHT", "Compressor",
+           "KeepDecisions"]
 
 MODES = ("fast", "exact")
 _SURROGATES = re.compile("[\ud800-\udfff]")
@@ -104,6 +114,15 @@ _SENTENCE_ENDS = frozenset((".", "!", "?", "。", "！", "？"))
 SENTENCE_WEIGHT = 2.0
 #: The lift of a sentence that holds every term of the question (scaled by its relevance, 0 to 1).
 QUESTION_WEIGHT = 2.0
+#: The default lift of a relation word's score (0: llmlingua's rule).
+RELATION_WEIGHT = 0.4
+#: English prepositions, and the conjunctions that work as such: the words that say how the content
+#: words around them relate. Matched case-insensitively, as whole one-token words.
+RELATION_WORDS = frozenset("""
+of in on at by for with without about against between into onto upon through during before after since until
+above below to from up down out off over under within via per among across along around behind beyond
+toward towards despite near than as
+""".split())
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +207,8 @@ class Compressor:
         self._ends = ends
         # a word is a sentence end when it is one of these pieces alone ("▁." for sentencepiece)
         self._sentence_ends = np.fromiter((p.lstrip("▁") in _SENTENCE_ENDS for p in pieces), dtype=bool, count=size)
+        self._relation = np.fromiter((p.lstrip("▁").lower() in RELATION_WORDS for p in pieces), dtype=bool,
+                                     count=size) & ~self._cont
         self._cls = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
         self._sep = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
         self._pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -209,22 +230,25 @@ class Compressor:
         progress: Progress | None = None,
         sentence_weight: float | None = None,
         question: str | None = None,
+        relation_weight: float | None = None,
     ) -> CompressResult:
         """Keep about ``rate`` of the compressible tokens of ``text`` (see the module docstring),
         favouring the sentences relevant to ``question`` when one is given."""
         rate = _check_rate(rate)
-        weight = _check_weight(sentence_weight)
+        weight = _check_weight(sentence_weight, "sentence_weight", SENTENCE_WEIGHT)
+        relation = _check_weight(relation_weight, "relation_weight", RELATION_WEIGHT)
         if not isinstance(text, str):
             raise InvalidRequestError(f"text to compress must be a string, got {type(text).__name__}")
         question = _check_question(question)
         key = (hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(), rate, tuple(force_keep),
-               tuple(patterns), protect, target, weight, question, QUESTION_WEIGHT if question else 0.0)
+               tuple(patterns), protect, target, weight, relation, question, QUESTION_WEIGHT if question else 0.0)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        result = self._compress(text, rate, force_keep, patterns, protect, target, progress, weight, question)
+        result = self._compress(text, rate, force_keep, patterns, protect, target, progress, weight, relation,
+                                question)
         with self._lock:
             self._cache[key] = result
             while len(self._cache) > self._cache_size:
@@ -241,11 +265,14 @@ class Compressor:
         patterns: Sequence[str] = (),
         sentence_weight: float | None = None,
         question: str | None = None,
+        relation_weight: float | None = None,
     ) -> KeepDecisions:
         """The per-word keep decisions for ``text`` (built-in protection off by default, as in ``llmlingua``;
-        ``sentence_weight=0`` and no ``question`` for ``llmlingua``'s selection)."""
+        ``sentence_weight=0``, ``relation_weight=0`` and no ``question`` for ``llmlingua``'s selection)."""
         rate = _check_rate(rate)
-        a = self._analyse(text, rate, force_keep, patterns, protect, None, _check_weight(sentence_weight),
+        a = self._analyse(text, rate, force_keep, patterns, protect, None,
+                          _check_weight(sentence_weight, "sentence_weight", SENTENCE_WEIGHT),
+                          _check_weight(relation_weight, "relation_weight", RELATION_WEIGHT),
                           _check_question(question))
         idx = np.flatnonzero(a.listed)
         return KeepDecisions([a.words[i] for i in idx], a.starts[idx], a.ends[idx], a.probs[idx], a.keep[idx])
@@ -253,7 +280,7 @@ class Compressor:
     # ------------------------------------------------------------ the method
 
     def _compress(self, text: str, rate: float, force_keep: Sequence[str], patterns: Sequence[str],
-                  protect: bool, target: str, progress: Progress | None, weight: float,
+                  protect: bool, target: str, progress: Progress | None, weight: float, relation: float,
                   question: str | None) -> CompressResult:
         from thrifty.ledger.tokens import count_text
 
@@ -267,7 +294,7 @@ class Compressor:
             n = count_text(_encodable(text), target) if text else 0
             return CompressResult(text, n, n, rate, self.name, self.version, self.mode,
                                   (time.perf_counter() - t0) * 1000, target, skipped)
-        a = self._analyse(text, rate, force_keep, patterns, protect, progress, weight, question)
+        a = self._analyse(text, rate, force_keep, patterns, protect, progress, weight, relation, question)
         out = _assemble(text, a)
         if not out.strip():  # everything dropped: too short to compress
             n = count_text(_encodable(text), target)
@@ -282,7 +309,8 @@ class Compressor:
         )
 
     def _analyse(self, text: str, rate: float, force_keep: Sequence[str], patterns: Sequence[str],
-                 protect: bool, progress: Progress | None, weight: float, question: str | None) -> _Analysis:
+                 protect: bool, progress: Progress | None, weight: float, relation: float,
+                 question: str | None) -> _Analysis:
         ids, offs, tokens = self._tokenize(text)
         n = len(ids)
         if n == 0:
@@ -328,6 +356,7 @@ class Compressor:
                 heads = np.flatnonzero(np.diff(sentence, prepend=-1))  # each sentence's first word
                 tails = np.append(heads[1:], len(first)) - 1
                 relevance = QUESTION_WEIGHT * sentence_relevance(text, starts[heads], ends[tails], question)
+        lift = relation * (self._relation[ids[first]] & (counts == 1)) if relation else None
         for c in range(len(chunks)):
             lo, hi = bounds[c], bounds[c + 1]
             sel = listed[lo:hi]
@@ -338,6 +367,8 @@ class Compressor:
                 p = _sentence_scores(p, sentence[lo:hi][sel], weight)
             if relevance is not None:
                 p = p + relevance[sentence[lo:hi][sel]]
+            if lift is not None:
+                p = p + lift[lo:hi][sel]
             threshold = np.percentile(np.repeat(p, weights[lo:hi][sel]), q)
             kept = (p > threshold) | ((threshold == 1.0) & (p == threshold))
             window = keep[lo:hi]
@@ -461,12 +492,11 @@ def _spaceless_runs(text: str, starts: np.ndarray, ends: np.ndarray) -> list[tup
     return list(zip(starts[idx[head]].tolist(), ends[idx[tail]].tolist(), strict=True))
 
 
-def _check_weight(weight: float | None) -> float:
+def _check_weight(weight: float | None, name: str, default: float) -> float:
     if weight is None:
-        return SENTENCE_WEIGHT
+        return default
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 100:
-        raise InvalidRequestError(f"sentence_weight must be a number from 0 to 100, got {weight!r}",
-                                  param="sentence_weight")
+        raise InvalidRequestError(f"{name} must be a number from 0 to 100, got {weight!r}", param=name)
     return float(weight)
 
 

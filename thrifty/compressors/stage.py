@@ -84,6 +84,7 @@ class _Plan:
     roles: frozenset[str]
     mode: str
     sentence_weight: float | None  # None: the compressor's own default
+    relation_weight: float | None  # None: the compressor's own default
     question: str | bool  # a given question; True: each part's question from the messages; False: none
 
 
@@ -133,6 +134,7 @@ class CompressionStage(Stage):
             roles=frozenset(o.roles if o.roles is not None else s.roles),
             mode=o.mode or s.mode,
             sentence_weight=o.sentence_weight if o.sentence_weight is not None else s.sentence_weight,
+            relation_weight=o.relation_weight if o.relation_weight is not None else s.relation_weight,
             question=o.question if o.question is not None else s.question,
         )
 
@@ -151,7 +153,9 @@ class CompressionStage(Stage):
 
             compressor = load_compressor(s.compressor, mode=plan.mode,
                                          model=None if s.model is None else str(s.model))
-            extra = {} if plan.sentence_weight is None else {"sentence_weight": plan.sentence_weight}
+            extra = {name: value for name, value in (("sentence_weight", plan.sentence_weight),
+                                                     ("relation_weight", plan.relation_weight))
+                     if value is not None}
             questions = _questions(request, found, plan.question)
             results = [compressor.compress(text, plan.rate, force_keep=plan.force_keep, patterns=plan.protect,
                                            target=model, **extra, **_asked(questions.get(where)))

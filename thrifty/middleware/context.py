@@ -33,6 +33,8 @@ class CompressOptions(BaseModel):
     are kept as written; ``roles`` are the message roles whose text is compressed;
     ``sentence_weight`` how much a sentence's mean keep probability lifts its words
     (0: llmlingua's word-by-word rule; see :mod:`thrifty.compressors.lingua`);
+    ``relation_weight`` how much the relation words ("by", "to", "than"...) are
+    favoured (0: as llmlingua);
     ``question`` the question the context is compressed for (a string), ``false``
     to compress without one, ``true`` for the question found in the messages
     (see :mod:`thrifty.compressors.stage`).
@@ -47,6 +49,7 @@ class CompressOptions(BaseModel):
     roles: list[Literal["user", "tool", "assistant"]] | None = None
     mode: Literal["fast", "exact"] | None = None
     sentence_weight: float | None = Field(default=None, ge=0, le=100)
+    relation_weight: float | None = Field(default=None, ge=0, le=100)
     question: str | bool | None = None
 
     @field_validator("protect")
