@@ -31,10 +31,12 @@ What thrifty adds:
 * **Relation words** (``relation_weight``, default :data:`RELATION_WEIGHT`):
   the prepositions that say how the words around them relate ("rewritten
   *by* X", "moved *to* Y", "older *than* Z", :data:`RELATION_WORDS`) get
-  that much added to their score. A keep/drop model ranks them with the other
-  small words, and without them a reader of the compressed text takes the
-  wrong name for the answer ("scheduler rewritten Aisha Okafor"); they are
-  short, so they cost few tokens of the budget.
+  that much added to their keep probability, before the sentence means are
+  taken, so a sentence whose clauses hold together also gains a little as a
+  whole (measured better than adding it after). A keep/drop model ranks
+  them with the other small words, and without them a reader of the
+  compressed text takes the wrong name for the answer ("scheduler rewritten
+  Aisha Okafor"); they are short, so they cost few tokens of the budget.
 
 * **Question-aware allocation** (``question``, as in LongLLMLingua): given the
   question the context will answer, each sentence's relevance to it
@@ -363,12 +365,12 @@ class Compressor:
             if not sel.any():
                 continue
             p = probs[lo:hi][sel]
+            if lift is not None:  # before the sentence means, which it raises where clauses hold together
+                p = p + lift[lo:hi][sel]
             if weight:
                 p = _sentence_scores(p, sentence[lo:hi][sel], weight)
             if relevance is not None:
                 p = p + relevance[sentence[lo:hi][sel]]
-            if lift is not None:
-                p = p + lift[lo:hi][sel]
             threshold = np.percentile(np.repeat(p, weights[lo:hi][sel]), q)
             kept = (p > threshold) | ((threshold == 1.0) & (p == threshold))
             window = keep[lo:hi]
