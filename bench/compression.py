@@ -22,8 +22,9 @@ kind of items from training passages that were never labelled, for choosing
 teachers and models without looking at the evaluation set.
 
 ``run`` compresses each passage at keep rates 0.5 and 0.33 with: thrifty's
-compressor (exact mode; fast mode, the distilled student; ``thrifty-bf16``, the
-full model in bfloat16, for reference), random word dropping at the same rate
+compressor (exact mode; fast mode, the same model in bfloat16 where the CPU has
+it natively; turbo mode, the distilled student; ``thrifty-bf16``, the full
+model forced to bfloat16, for reference where the CPU emulates it), random word dropping at the same rate
 (seeded), LLMLingua-1 (the ``llmlingua`` package with a local causal LM),
 LongLLMLingua (its question-aware method, same causal LM) and
 ``llmlingua``'s own LLMLingua-2 path on thrifty's weights; the ``-q`` variants
@@ -333,8 +334,8 @@ def random_drop(seed: int) -> Compress:
 def thrifty_compressor(mode: str) -> Any:
     """thrifty's compressor in ``mode`` on its shipped weights, or None when the runtime is missing.
 
-    ``bf16`` is not a mode: the full six-layer model in bfloat16 (what the fast mode ran before the
-    distilled student), kept as a reference for speed and agreement.
+    ``bf16`` is not a mode: the full six-layer model forced to bfloat16 (the fast mode where the CPU has
+    it natively), kept as a reference for speed and agreement on CPUs that emulate it.
     """
     try:
         from thrifty.compressors import Compressor
@@ -640,8 +641,8 @@ def agreement(exact: Any, others: dict[str, Any], text: str) -> dict[str, float]
     return out
 
 
-ALL_METHODS = ("thrifty-exact", "thrifty-fast", "thrifty-exact-q", "thrifty-fast-q", "thrifty-bf16",
-               "thrifty-exact-sw0", "thrifty-fast-sw0", "llmlingua2-thrifty-weights", "random", "llmlingua1-smollm2",
+ALL_METHODS = ("thrifty-exact", "thrifty-fast", "thrifty-turbo", "thrifty-exact-q", "thrifty-fast-q",
+               "thrifty-turbo-q", "thrifty-bf16", "thrifty-exact-sw0", "thrifty-fast-sw0", "thrifty-turbo-sw0", "llmlingua2-thrifty-weights", "random", "llmlingua1-smollm2",
                "longllmlingua-smollm2")
 
 
@@ -727,7 +728,7 @@ def run(args: argparse.Namespace) -> None:
             if not args.no_speed:
                 text = speed_prompt(rows)
                 tokens = speed_tokens = count_tokens(text)
-                for name in ("thrifty-exact", "thrifty-fast", "thrifty-fast-q", "thrifty-bf16",
+                for name in ("thrifty-exact", "thrifty-fast", "thrifty-fast-q", "thrifty-turbo", "thrifty-bf16",
                              "llmlingua2-thrifty-weights"):
                     if name in methods:  # "-q": for the question of the prompt's first passage
                         question = rows[0]["question"] if name.endswith("-q") else ""

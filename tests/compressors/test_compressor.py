@@ -128,6 +128,23 @@ def test_fast_agrees_with_exact(exact, fast):
     assert fast.compress(text, 0.5).mode == "fast"
 
 
+def test_each_mode_runs_the_shipped_model_it_names():
+    import torch
+
+    from thrifty.compressors.lingua import Compressor
+    from thrifty.compressors.model import default_model_dir, fast_precision, fast_variant_dir
+
+    exact, fast, turbo = (Compressor.load(mode) for mode in ("exact", "fast", "turbo"))
+    assert exact._m.path == fast._m.path == str(default_model_dir())
+    assert turbo._m.path == str(fast_variant_dir())
+    assert fast._m.model.config.num_hidden_layers == 6 > turbo._m.model.config.num_hidden_layers
+    assert next(exact._m.model.parameters()).dtype == torch.float32
+    for c in (fast, turbo):
+        assert next(c._m.model.parameters()).dtype == getattr(torch, fast_precision())
+    with pytest.raises(InvalidRequestError, match="fast, exact or turbo"):
+        Compressor.load("quick")
+
+
 def test_public_function_and_registry(weights):
     result = thrifty.compress(PASSAGE, rate=0.5, mode="exact", model=str(weights))
     assert isinstance(result, thrifty.CompressResult) and result.tokens_after < result.tokens_before
@@ -159,7 +176,7 @@ def test_missing_or_tampered_weights_are_clear_errors(tmp_path, weights):
     with pytest.raises(LocalModelError, match="SHA-256"):
         Compressor.load("exact", str(bad))
     with pytest.raises(InvalidRequestError, match="mode"):
-        Compressor.load("turbo", str(weights))
+        Compressor.load("warp", str(weights))
 
 
 def test_a_transformers_directory_is_a_model(tmp_path, weights, exact):

@@ -1,4 +1,4 @@
-"""Distilling the keep/drop model into a shallower student, and loading it as the fast mode's model."""
+"""Distilling the keep/drop model into a shallower student, and loading it as the turbo mode's model."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def _distil(tmp_path, teacher, *extra):
     ]))
 
 
-def test_distil_writes_a_student_the_fast_mode_loads(tmp_path, weights):
+def test_distil_writes_a_student_the_turbo_mode_loads(tmp_path, weights):
     from thrifty.compressors.lingua import Compressor
 
     teacher = shutil.copytree(weights, tmp_path / "weights" / "teacher")
@@ -51,12 +51,15 @@ def test_distil_writes_a_student_the_fast_mode_loads(tmp_path, weights):
     # layer 0 is the base's own and does not ship; layers 1-2 and the head do
     assert not any(n.startswith("bert.encoder.layer.0.") for n in manifest["delta_tensors"])
     assert {"classifier.weight", "bert.encoder.layer.2.output.dense.weight"} <= set(manifest["delta_tensors"])
-    fast = Compressor.load("fast", str(variant))
-    assert fast._m.model.config.num_hidden_layers == 3
-    assert next(fast._m.model.parameters()).dtype == getattr(torch, fast_precision())
+    turbo = Compressor.load("turbo", str(teacher))  # the student beside the teacher
+    assert turbo._m.model.config.num_hidden_layers == 3 and turbo._m.path == str(variant)
+    assert next(turbo._m.model.parameters()).dtype == getattr(torch, fast_precision())
+    fast = Compressor.load("fast", str(teacher))  # the teacher itself
+    assert fast._m.model.config.num_hidden_layers == 6 and fast._m.path == str(teacher)
     exact = Compressor.load("exact", str(teacher))
-    a, b = exact.keep_decisions(PASSAGE * 2, 0.5), fast.keep_decisions(PASSAGE * 2, 0.5)
+    a, b = exact.keep_decisions(PASSAGE * 2, 0.5), turbo.keep_decisions(PASSAGE * 2, 0.5)
     assert a.words == b.words and len(b.keep) == len(a.keep)
+    assert Compressor.load("turbo", str(variant))._m.path == str(variant)  # a student has no student
 
     manifest["num_hidden_layers"] = 9
     (variant / "manifest.json").write_text(json.dumps(manifest))
@@ -92,7 +95,10 @@ def test_fast_precision_is_float32_when_torch_cannot_tell(monkeypatch):
 
 
 def test_no_fast_variant_means_the_model_itself(weights, tmp_path):
+    from thrifty.compressors.lingua import Compressor
+
     assert fast_variant_dir(weights) is None
+    assert Compressor.load("turbo", str(weights))._m.path == str(weights)
     other = shutil.copytree(weights, tmp_path / "w")
     manifest = json.loads((other / "manifest.json").read_text())
     manifest["fast_variant"] = "../escape"

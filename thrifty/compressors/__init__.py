@@ -2,7 +2,7 @@
 
 * :func:`compress` and :class:`CompressResult` (:mod:`.base`): compress one text.
 * :class:`Compressor` (:mod:`.lingua`): the built-in compressor;
-  ``Compressor.load(mode="fast"|"exact", model=None)``, then ``.compress(text, rate=...)``
+  ``Compressor.load(mode="fast"|"exact"|"turbo", model=None)``, then ``.compress(text, rate=...)``
   and ``.keep_decisions(text, rate=...)`` (per-word decisions).
 * :func:`register_compressor` / :func:`load_compressor`: compressors by name.
 * :mod:`.protect`: the spans that pass through byte-for-byte.

@@ -153,9 +153,10 @@ def compress(
     ``rate`` is the share of the compressible text's tokens to keep (0 < rate <= 1);
     protected spans (:mod:`thrifty.compressors.protect`; ``protect=False``
     turns the built-in ones off) are kept in full on top. ``mode`` is ``"fast"``
-    (the distilled shallower model where one ships, in bfloat16 where the CPU has
-    it natively) or ``"exact"`` (full precision, the same keep decisions as
-    ``llmlingua``'s LLMLingua-2 path). ``model`` is a weights directory (default:
+    (the model in bfloat16 where the CPU has it natively, else as exact),
+    ``"exact"`` (full precision, the same keep decisions as ``llmlingua``'s
+    LLMLingua-2 path) or ``"turbo"`` (the distilled shallower model where one
+    ships: faster again, for a few points of accuracy). ``model`` is a weights directory (default:
     thrifty's shipped weights). Token counts use ``target``'s tokenizer. ``question``, the
     question the text is context for, keeps the sentences relevant to it (compressors
     that take no question are called without it).

@@ -61,12 +61,16 @@ What thrifty adds:
   longest in their batch (``llmlingua`` pads every chunk to 512), the whole text
   is tokenized once (``llmlingua`` tokenizes each chunk again from detokenized
   text), chunks made only of protected spans are not run at all, and the
-  post-processing is vectorised with numpy. Two modes:
+  post-processing is vectorised with numpy. Three modes:
   ``exact`` (float32: the same keep decisions as ``llmlingua`` for the same
-  weights and settings) and ``fast`` (the default: the shallower model
+  weights and settings); ``fast`` (the default: the same model in bfloat16
+  where the CPU computes it natively, else float32, see
+  :func:`~thrifty.compressors.model.fast_precision`; 99.7-99.8% of the exact
+  mode's decisions and its answers); and ``turbo`` (the shallower model
   distilled from the given one when its manifest names one, as thrifty's own
-  does, see :mod:`thrifty.compressors.distil`; in bfloat16 where the CPU
-  computes it natively, else float32, see :func:`~thrifty.compressors.model.fast_precision`).
+  does, see :mod:`thrifty.compressors.distil`, at the fast mode's precision:
+  about twice as fast again, for 94-96% of the decisions and a few points of
+  QA accuracy, see docs/benchmarks.md).
 * Deterministic, and cached by content hash and settings (a bounded LRU).
 
 Where they differ from ``llmlingua``: a window without a ``.`` is cut at a word
@@ -76,7 +80,7 @@ represent (``[UNK]``) are kept (``llmlingua`` drops them from its output).
 Use::
 
     from thrifty.compressors.lingua import Compressor
-    c = Compressor.load(mode="exact", model="path/to/weights")   # or mode="fast", model=None
+    c = Compressor.load(mode="exact", model="path/to/weights")   # or mode="fast" / "turbo", model=None
     result = c.compress(text, rate=0.5)            # CompressResult
     result = c.compress(context, rate=0.5, question="Who maintains it?")   # for a question
     d = c.keep_decisions(text, rate=0.5)           # per-word keep decisions (KeepDecisions)
@@ -92,6 +96,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -106,7 +111,7 @@ from thrifty.errors import InvalidRequestError
 __all__ = ["QUESTION_WEIGHT", "RELATION_WEIGHT", "RELATION_WORDS", "SENTENCE_WEIGHT", "Compressor",
            "KeepDecisions"]
 
-MODES = ("fast", "exact")
+MODES = ("fast", "exact", "turbo")
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _CHUNK_END_TOKENS = (".", "\n")
 _BATCH = 4  # chunks per model run: measured best on 2 CPU cores (32 was 1.3-1.8x slower in float32)
@@ -173,12 +178,14 @@ class Compressor:
 
     @classmethod
     def load(cls, mode: str = "fast", model: str | None = None) -> Compressor:
-        """A compressor in ``mode`` (``"fast"`` or ``"exact"``) on ``model`` (default: thrifty's weights)."""
+        """A compressor in ``mode`` (``"fast"``, ``"exact"`` or ``"turbo"``) on ``model`` (default: thrifty's
+        weights; in turbo mode the student distilled from them, where their manifest names one)."""
         if mode not in MODES:
-            raise InvalidRequestError(f"unknown compression mode {mode!r}; use fast or exact", param="mode")
-        if model is None and mode == "fast":
-            model = fast_variant_dir()  # the shallower model distilled from thrifty's, when it ships
-        return cls(load_model(model, precision=fast_precision() if mode == "fast" else "float32"), mode)
+            raise InvalidRequestError(f"unknown compression mode {mode!r}; use fast, exact or turbo", param="mode")
+        if mode == "turbo":  # the student distilled from the model, where its manifest names one
+            student = fast_variant_dir(Path(model) if model is not None else None)
+            model = str(student) if student is not None else model
+        return cls(load_model(model, precision="float32" if mode == "exact" else fast_precision()), mode)
 
     # ------------------------------------------------------------ vocabulary tables
 

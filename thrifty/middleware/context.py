@@ -47,7 +47,7 @@ class CompressOptions(BaseModel):
     force_keep: list[str] = Field(default_factory=list)
     protect: list[str] = Field(default_factory=list, description="regular expressions whose matches are kept")
     roles: list[Literal["user", "tool", "assistant"]] | None = None
-    mode: Literal["fast", "exact"] | None = None
+    mode: Literal["fast", "exact", "turbo"] | None = None
     sentence_weight: float | None = Field(default=None, ge=0, le=100)
     relation_weight: float | None = Field(default=None, ge=0, le=100)
     question: str | bool | None = None
