@@ -212,7 +212,8 @@ def test_an_alias_can_ask_for_compression(tmp_path, upstream, weights):
         eng.close()
 
 
-def test_a_call_can_choose_the_sentence_weight(engine, upstream, weights):
+@pytest.mark.parametrize("knob", ["sentence_weight", "relation_weight"])
+def test_a_call_and_the_settings_can_choose_a_selection_weight(tmp_path, engine, upstream, weights, knob):
     from thrifty.compressors.lingua import Compressor
 
     client = oai(engine, upstream)
@@ -220,45 +221,29 @@ def test_a_call_can_choose_the_sentence_weight(engine, upstream, weights):
     for weight in (0, 50):
         client.chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": LONG}],
-            extra_body={"thrifty": {"compress": {"rate": 0.5, "min_tokens": 50, "sentence_weight": weight}}})
-        assert _sent_texts(upstream) == [ref.compress(LONG, 0.5, sentence_weight=weight, target="gpt-4o-mini").text]
-    with pytest.raises(openai.BadRequestError, match="sentence_weight"):
-        client.chat.completions.create(
+            extra_body={"thrifty": {"compress": {"rate": 0.5, "min_tokens": 50, knob: weight}}})
+        assert _sent_texts(upstream) == [ref.compress(LONG, 0.5, target="gpt-4o-mini", **{knob: weight}).text]
+    for bad in (-1, "high"):
+        with pytest.raises(openai.BadRequestError, match=knob):
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": LONG}],
+                extra_body={"thrifty": {"compress": {knob: bad}}})
+    # the setting, and a call's option over it
+    eng = _engine(tmp_path, upstream, weights, enabled=True, min_tokens=50, **{knob: 0})
+    try:
+        oai(eng, upstream).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": LONG}])
+        assert _sent_texts(upstream) == [ref.compress(LONG, 0.5, target="gpt-4o-mini", **{knob: 0}).text]
+        oai(eng, upstream).chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": LONG}],
-            extra_body={"thrifty": {"compress": {"sentence_weight": -1}}})
+            extra_body={"thrifty": {"compress": {knob: 50}}})
+        assert _sent_texts(upstream) == [ref.compress(LONG, 0.5, target="gpt-4o-mini", **{knob: 50}).text]
+    finally:
+        eng.close()
 
 
 FACT = "Last spring the Larkspur team moved its build servers to Nairobi."
 CONTEXT = PASSAGE + FACT + " " + PASSAGE * 2
 ASK = "Where did the Larkspur team move its build servers?"
-
-
-
-def test_a_call_and_the_settings_can_choose_the_relation_weight(tmp_path, engine, upstream, weights):
-    from thrifty.compressors.lingua import Compressor
-
-    client = oai(engine, upstream)
-    ref = Compressor.load("fast", str(weights))
-    for weight in (0, 50):
-        client.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": LONG}],
-            extra_body={"thrifty": {"compress": {"rate": 0.5, "min_tokens": 50, "relation_weight": weight}}})
-        assert _sent_texts(upstream) == [ref.compress(LONG, 0.5, relation_weight=weight, target="gpt-4o-mini").text]
-    with pytest.raises(openai.BadRequestError, match="relation_weight"):
-        client.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": LONG}],
-            extra_body={"thrifty": {"compress": {"relation_weight": "high"}}})
-    # the setting, and a call's option over it
-    eng = _engine(tmp_path, upstream, weights, enabled=True, min_tokens=50, relation_weight=0)
-    try:
-        oai(eng, upstream).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": LONG}])
-        assert _sent_texts(upstream) == [ref.compress(LONG, 0.5, relation_weight=0, target="gpt-4o-mini").text]
-        oai(eng, upstream).chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": LONG}],
-            extra_body={"thrifty": {"compress": {"relation_weight": 50}}})
-        assert _sent_texts(upstream) == [ref.compress(LONG, 0.5, relation_weight=50, target="gpt-4o-mini").text]
-    finally:
-        eng.close()
 
 
 def _asking(**options: object) -> dict:
