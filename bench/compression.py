@@ -24,8 +24,8 @@ teachers and models without looking at the evaluation set.
 ``run`` compresses each passage at keep rates 0.5 and 0.33 with: thrifty's
 compressor (exact mode; fast mode, the same model in bfloat16 where the CPU has
 it natively; turbo mode, the distilled student; ``thrifty-bf16``, the full
-model forced to bfloat16, for reference where the CPU emulates it), random word dropping at the same rate
-(seeded), LLMLingua-1 (the ``llmlingua`` package with a local causal LM),
+model forced to bfloat16, for reference where the CPU emulates it), random
+word dropping at the same rate (seeded), LLMLingua-1 (the ``llmlingua`` package with a local causal LM),
 LongLLMLingua (its question-aware method, same causal LM) and
 ``llmlingua``'s own LLMLingua-2 path on thrifty's weights; the ``-q`` variants
 of thrifty's modes compress each passage for its question (question-aware
@@ -642,8 +642,8 @@ def agreement(exact: Any, others: dict[str, Any], text: str) -> dict[str, float]
 
 
 ALL_METHODS = ("thrifty-exact", "thrifty-fast", "thrifty-turbo", "thrifty-exact-q", "thrifty-fast-q",
-               "thrifty-turbo-q", "thrifty-bf16", "thrifty-exact-sw0", "thrifty-fast-sw0", "thrifty-turbo-sw0", "llmlingua2-thrifty-weights", "random", "llmlingua1-smollm2",
-               "longllmlingua-smollm2")
+               "thrifty-turbo-q", "thrifty-bf16", "thrifty-exact-sw0", "thrifty-fast-sw0", "thrifty-turbo-sw0",
+               "llmlingua2-thrifty-weights", "random", "llmlingua1-smollm2", "longllmlingua-smollm2")
 
 
 def load_methods(names: list[str], seed: int, tmp: Path) -> tuple[dict[str, Compress], dict[str, Any], dict[str, str]]:
