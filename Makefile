@@ -33,7 +33,7 @@ test-fast: setup
 bench: setup
 	$(PY) bench/overhead.py
 
-# the keep/drop compressor models: corpus, teacher labels and fine-tuning, then the fast
+# the keep/drop compressor models: corpus, teacher labels and fine-tuning, then the turbo
 # mode's shallower student distilled from it, on CPU, with the settings of the shipped
 # weights (thrifty/compressors/weights/minilm-keep-v2{,-fast}/; see docs/benchmarks.md)
 train-compressor: setup

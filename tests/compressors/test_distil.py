@@ -69,7 +69,7 @@ def test_distil_writes_a_student_the_turbo_mode_loads(tmp_path, weights):
 
 
 def test_a_student_written_elsewhere_leaves_the_teacher_as_it_was(tmp_path, weights, capsys):
-    # an experiment must not point the shipped model's fast mode at a directory it cannot find
+    # an experiment must not point the shipped model's turbo mode at a directory it cannot find
     teacher = shutil.copytree(weights, tmp_path / "weights" / "teacher")
     before = (teacher / "manifest.json").read_bytes()
     out = tmp_path / "experiments" / "student"

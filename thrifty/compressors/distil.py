@@ -1,4 +1,4 @@
-"""Distil thrifty's keep/drop model into a shallower one for the fast mode, on CPU, offline.
+"""Distil thrifty's keep/drop model into a shallower one for the turbo mode, on CPU, offline.
 
     python -m thrifty.compressors.distil --seed 0        # or: make train-compressor (after train)
 
@@ -13,7 +13,7 @@ teacher's. The bottom ``--frozen`` layers stay the base's own (their outputs
 are computed once and cached); the others and the head are trained and
 shipped as the student's delta over the same base package.
 
-The fast mode runs the student when the teacher's manifest names it
+The turbo mode runs the student when the teacher's manifest names it
 (``"fast_variant"``, written when the student is written beside the teacher,
 not for an ``--out`` elsewhere), in bfloat16 where the CPU computes it natively;
 ``bench/compression.py`` measures its keep-decision agreement with the exact
@@ -205,7 +205,7 @@ def write(student: Any, teacher_dir: Path, args: argparse.Namespace, layers_from
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     if out.resolve().parent == teacher_dir.resolve().parent:
-        # the fast mode finds its model by this name beside the teacher
+        # the turbo mode finds its model by this name beside the teacher
         teacher_manifest["fast_variant"] = name
         (teacher_dir / "manifest.json").write_text(json.dumps(teacher_manifest, indent=2) + "\n", encoding="utf-8")
     else:

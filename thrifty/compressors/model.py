@@ -87,7 +87,7 @@ def fast_precision() -> str:
     """``"bfloat16"`` where this CPU multiplies bfloat16 natively (x86 AVX512-BF16 or AMX), else ``"float32"``.
 
     Without those instructions bfloat16 is emulated: on an AVX2-only CPU (AMD EPYC, 2 cores)
-    the fast mode's model ran 5-6x slower in bfloat16 than in float32 (see docs/benchmarks.md).
+    the distilled model ran 5-6x slower in bfloat16 than in float32 (see docs/benchmarks.md).
     """
     try:
         import torch

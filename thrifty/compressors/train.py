@@ -23,7 +23,7 @@ The result is written to ``thrifty/compressors/weights/minilm-keep-v2/``:
 transformers' ``BertForTokenClassification`` state dict, float16) and
 ``manifest.json`` (base package and the SHA-256 of its weights file, the
 delta's SHA-256, labels, the training command, data, teacher and seed).
-:mod:`thrifty.compressors.distil` then distils it into the fast mode's
+:mod:`thrifty.compressors.distil` then distils it into the turbo mode's
 shallower model.
 
 Big intermediate files (corpus, labels) go to ``--work`` (default
