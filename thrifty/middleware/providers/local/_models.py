@@ -45,7 +45,7 @@ from thrifty.middleware.providers.local._deps import torch_mod, transformers_mod
 from thrifty.middleware.providers.local.hooks import LocalModelInfo
 from thrifty.settings import LocalModelSettings
 
-__all__ = ["LoadedModel", "ModelStore", "default_cache_root", "model_store"]
+__all__ = ["LoadedModel", "ModelStore", "cpu_name", "default_cache_root", "model_store"]
 
 Dtype = Literal["float32", "bfloat16"]
 #: bfloat16 must be at least this much faster than float32 to be chosen
@@ -247,16 +247,21 @@ def _decode_speed(model: Any, tokenizer: Any) -> float:
     return _PROBE_STEPS / (time.perf_counter() - started)
 
 
-def _probe_key(source: ModelSource, directory: Path) -> str:
-    torch = torch_mod()
+def cpu_name() -> str:
+    """The CPU's model name where Linux tells it (``/proc/cpuinfo``), else the machine type ("x86_64")."""
     cpu = platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
     except OSError:
         pass
+    return cpu
+
+
+def _probe_key(source: ModelSource, directory: Path) -> str:
+    torch = torch_mod()
     capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "")()
-    raw = f"{source.cache_name}|{directory}|{cpu}|{capability}|{torch.__version__}|{torch.get_num_threads()}"
+    raw = f"{source.cache_name}|{directory}|{cpu_name()}|{capability}|{torch.__version__}|{torch.get_num_threads()}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
