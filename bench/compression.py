@@ -9,6 +9,8 @@ Commands:
     .venv/bin/python bench/compression.py relations      # relation_weight values compared on the dev set
     .venv/bin/python bench/compression.py questions      # question weights compared on the dev set
     .venv/bin/python bench/compression.py run            # prints a table, writes bench/results/compression.json
+    .venv/bin/python bench/compression.py ceiling        # the model's least time per 1k tokens on this CPU
+    .venv/bin/python bench/compression.py student-fit    # the turbo student on trained vs held-out passages
 
 ``build-eval`` makes the evaluation set from held-out passages of the
 compressor's training corpus (documents that training never saw; the corpus and
@@ -24,8 +26,10 @@ teachers and models without looking at the evaluation set.
 ``run`` compresses each passage at keep rates 0.5 and 0.33 with: thrifty's
 compressor (exact mode; fast mode, the same model in bfloat16 where the CPU has
 it natively; turbo mode, the distilled student; ``thrifty-bf16``, the full
-model forced to bfloat16, for reference where the CPU emulates it), random
-word dropping at the same rate (seeded), LLMLingua-1 (the ``llmlingua`` package with a local causal LM),
+model forced to bfloat16, for reference where the CPU emulates it; ``thrifty-onnx``,
+the exact mode's model run by ONNX Runtime, for reference where ``onnxruntime`` and
+``onnx`` are installed), random word dropping at the same rate (seeded),
+LLMLingua-1 (the ``llmlingua`` package with a local causal LM),
 LongLLMLingua (its question-aware method, same causal LM) and
 ``llmlingua``'s own LLMLingua-2 path on thrifty's weights; the ``-q`` variants
 of thrifty's modes compress each passage for its question (question-aware
@@ -346,22 +350,83 @@ def thrifty_compressor(mode: str) -> Any:
         from thrifty.compressors.model import load_model
 
         return Compressor(load_model(default_model_dir(), precision="bfloat16"), "fast")
+    if mode == "onnx":
+        return onnx_compressor()
     return Compressor.load(mode=mode)
+
+
+class _OnnxModel:
+    """An ONNX Runtime session called as the compressor calls its transformers model."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+
+    def __call__(self, input_ids: Any, attention_mask: Any) -> Any:
+        import types
+
+        import torch
+
+        feeds = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
+        return types.SimpleNamespace(logits=torch.from_numpy(self.session.run(None, feeds)[0]))
+
+
+def onnx_compressor() -> Any:
+    """The exact mode's float32 model exported to ONNX and run by ONNX Runtime, its graph fused for BERT
+    (attention, bias-GELU, skip-layer-norm), or None where ``onnxruntime`` and ``onnx`` are not installed.
+
+    A reference for the choice of runtime, not part of thrifty: it needs both packages and a few
+    seconds of export and graph optimisation on first use.
+    """
+    import copy
+    import dataclasses
+
+    try:
+        import onnxruntime
+        import torch
+        from onnxruntime.transformers import optimizer
+
+        from thrifty.compressors import Compressor
+        from thrifty.compressors.model import load_model
+    except ImportError:
+        return None
+    loaded = load_model(None, precision="float32")
+    model = copy.deepcopy(loaded.model)
+    model.set_attn_implementation("eager")  # the pattern the BERT fusions recognise
+    config = model.config
+
+    class Logits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    ids = torch.full((2, 16), loaded.tokenizer.cls_token_id or 0, dtype=torch.long)
+    axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+            "logits": {0: "batch", 1: "tokens"}}
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        raw, fused = Path(tmp) / "model.onnx", Path(tmp) / "fused.onnx"
+        torch.onnx.export(Logits().eval(), (ids, torch.ones_like(ids)), str(raw), dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask"], output_names=["logits"], dynamic_axes=axes)
+        optimizer.optimize_model(str(raw), model_type="bert", num_heads=config.num_attention_heads,
+                                 hidden_size=config.hidden_size, opt_level=0).save_model_to_file(str(fused))
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(str(fused), options, providers=["CPUExecutionProvider"])
+    return Compressor(dataclasses.replace(loaded, model=_OnnxModel(session)), "fast")
 
 
 def machine() -> dict[str, str]:
     """What the speed figures were measured on: the CPU, torch's vector ISA, the fast mode's precision."""
-    import platform
-
     import torch
 
     from thrifty.compressors.model import fast_precision
+    from thrifty.middleware.providers.local._models import cpu_name
 
-    cpu = platform.machine()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as fh:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "fast_mode_precision": fast_precision()}
+    return {"cpu": cpu_name(), "cores": str(os.cpu_count()),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "fast_mode_precision": fast_precision()}
 
 
 #: llmlingua's selection rule: thrifty's sentence and relation weights off
@@ -642,8 +707,9 @@ def agreement(exact: Any, others: dict[str, Any], text: str) -> dict[str, float]
 
 
 ALL_METHODS = ("thrifty-exact", "thrifty-fast", "thrifty-turbo", "thrifty-exact-q", "thrifty-fast-q",
-               "thrifty-turbo-q", "thrifty-bf16", "thrifty-exact-sw0", "thrifty-fast-sw0", "thrifty-turbo-sw0",
-               "llmlingua2-thrifty-weights", "random", "llmlingua1-smollm2", "longllmlingua-smollm2")
+               "thrifty-turbo-q", "thrifty-bf16", "thrifty-onnx", "thrifty-exact-sw0", "thrifty-fast-sw0",
+               "thrifty-turbo-sw0", "llmlingua2-thrifty-weights", "random", "llmlingua1-smollm2",
+               "longllmlingua-smollm2")
 
 
 def load_methods(names: list[str], seed: int, tmp: Path) -> tuple[dict[str, Compress], dict[str, Any], dict[str, str]]:
@@ -662,7 +728,8 @@ def load_methods(names: list[str], seed: int, tmp: Path) -> tuple[dict[str, Comp
                 loaded[mode] = thrifty_compressor(mode)
             compressor = loaded[mode]
             if compressor is None:
-                notes[name] = "thrifty.compressors.Compressor is not available"
+                notes[name] = ("needs onnxruntime and onnx: pip install onnxruntime onnx" if mode == "onnx"
+                               else "thrifty.compressors.Compressor is not available")
                 continue
             if not plain and not asks:
                 runtimes[mode] = compressor
@@ -729,7 +796,7 @@ def run(args: argparse.Namespace) -> None:
                 text = speed_prompt(rows)
                 tokens = speed_tokens = count_tokens(text)
                 for name in ("thrifty-exact", "thrifty-fast", "thrifty-fast-q", "thrifty-turbo", "thrifty-bf16",
-                             "llmlingua2-thrifty-weights"):
+                             "thrifty-onnx", "llmlingua2-thrifty-weights"):
                     if name in methods:  # "-q": for the question of the prompt's first passage
                         question = rows[0]["question"] if name.endswith("-q") else ""
                         speed[name] = round(time_per_1k(methods[name], text, tokens, args.repeats, question), 1)
@@ -837,6 +904,109 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"note: {name}: {note}")
 
 
+def ceiling(args: argparse.Namespace) -> None:
+    """What the keep/drop model costs per 1k prompt tokens in arithmetic, and the least time that takes here.
+
+    Counts the model's floating-point operations per prompt token (its linear layers and attention's two
+    products over a full 512-token window, times the encoder tokens per cl100k token of the speed prompt),
+    times this CPU's matrix products in the model's own shapes (a batch of four windows through each linear
+    layer's shape; torch in each precision the fast mode may use, and numpy's BLAS in float32), and prices
+    the arithmetic at the best rate measured. Attention is priced as if it ran as fast as the matrix
+    products, which it does not, so the floor is optimistic.
+    """
+    import numpy as np
+    import torch
+
+    from thrifty.compressors.model import default_model_dir, fast_precision, fast_variant_dir, load_model
+
+    torch.set_num_threads(args.threads)
+    loaded = load_model(default_model_dir())
+    config = loaded.model.config
+    h, f, window = config.hidden_size, config.intermediate_size, loaded.max_seq_len
+    text = speed_prompt(read_set("eval", 120))
+    per_prompt_token = len(loaded.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]) / count_tokens(text)
+    layer_flops = 2 * (4 * h * h + 2 * h * f) + 2 * 2 * window * h  # per token: linear layers, then attention
+    depths = {"six layers": config.num_hidden_layers}
+    student = fast_variant_dir()
+    if student is not None:
+        depths["turbo student"] = int(json.loads((student / "manifest.json").read_text())["num_hidden_layers"])
+    gflop = {name: layers * layer_flops * per_prompt_token * 1000 / 1e9 for name, layers in depths.items()}
+    shapes = {"h x h": (h, h), "h x 4h": (f, h), "4h x h": (h, f)}
+    runs = [("torch float32", "float32"), ("numpy float32", "numpy")]
+    if fast_precision() == "bfloat16":
+        runs.append(("torch bfloat16", "bfloat16"))
+    rates: dict[str, float] = {}
+    with torch.inference_mode():
+        for label, kind in runs:
+            per_shape = []
+            for n_out, n_in in shapes.values():
+                dtype = torch.float32 if kind == "numpy" else getattr(torch, kind)
+                x, w = torch.randn(4 * window, n_in, dtype=dtype), torch.randn(n_out, n_in, dtype=dtype)
+                if kind == "numpy":
+                    xn, wt = x.numpy(), np.ascontiguousarray(w.numpy().T)
+                    call = lambda xn=xn, wt=wt: xn @ wt  # noqa: E731
+                else:
+                    call = lambda x=x, w=w: torch.nn.functional.linear(x, w)  # noqa: E731
+                best = min(_timed(call) for _ in range(args.repeats))
+                per_shape.append(2 * 4 * window * n_in * n_out / best / 1e9)
+            # the linear layers' FLOP-weighted rate: four h x h products, one of each feed-forward shape
+            weights = (4 * h * h, h * f, h * f)
+            rates[label] = sum(weights) / sum(wt / r for wt, r in zip(weights, per_shape, strict=True))
+    best_label = max(rates, key=rates.__getitem__)
+    floors = {name: round(g / rates[best_label] * 1000, 1) for name, g in gflop.items()}
+    out = {"machine": machine(), "threads": args.threads, "model_tokens_per_prompt_token": round(per_prompt_token, 3),
+           "gflop_per_1k_prompt_tokens": {k: round(v, 2) for k, v in gflop.items()},
+           "matrix_product_gflops": {k: round(v, 1) for k, v in rates.items()},
+           "floor_ms_per_1k_prompt_tokens": floors, "floor_rate": best_label}
+    print(f"arithmetic per 1k prompt tokens ({per_prompt_token:.2f} encoder tokens each): "
+          + ", ".join(f"{k} {v:.1f} GFLOP" for k, v in gflop.items()))
+    print("matrix products in the model's shapes: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items()))
+    print(f"floor at {best_label}'s rate, ms per 1k prompt tokens: " + ", ".join(f"{k} {v}" for k, v in floors.items()))
+    results = Path(args.results) if args.results else ROOT / "bench" / "results" / "compression_ceiling.json"
+    results.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {results.relative_to(ROOT) if results.is_relative_to(ROOT) else results}")
+
+
+def student_fit(args: argparse.Namespace) -> None:
+    """How closely the turbo student follows its teacher on passages it was trained on and on held-out ones.
+
+    Top-half agreement (the share of tokens on the same side of each passage's median keep score in both
+    models, as ``distil`` reports it) on a seeded sample of the training corpus's first ``--trained``
+    passages, which ``distil`` fits on (less its own 5% development share), and of the held-out passages.
+    A gap between the two is what more training text could win back; no gap means the student's size is
+    what limits it.
+    """
+    import torch
+
+    from thrifty.compressors import _data, distil
+    from thrifty.compressors.model import default_model_dir, fast_variant_dir, load_model
+
+    torch.set_num_threads(args.threads)
+    teacher, student = load_model(default_model_dir()), load_model(fast_variant_dir())
+    out: dict[str, Any] = {"machine": machine(), "sample": args.sample}
+    for name, rows in (("trained", _data.read_jsonl(WORK / "train.jsonl")[: args.trained]),
+                       ("held_out", _data.read_jsonl(WORK / "heldout.jsonl"))):
+        random.Random(args.seed).shuffle(rows)
+        examples = distil._examples(teacher.tokenizer, rows[: args.sample])
+        with torch.no_grad():
+            margins = [distil._margins(teacher.model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long),
+                                       teacher.keep_label)[0] for ids, _ in examples]
+        out[name] = round(distil.top_half_agreement(student.model, margins, examples, teacher.keep_label), 4)
+        print(f"top-half agreement of the student with its teacher, {name} passages: {out[name]:.4f}")
+    results = Path(args.results) if args.results else ROOT / "bench" / "results" / "compression_student_fit.json"
+    results.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {results.relative_to(ROOT) if results.is_relative_to(ROOT) else results}")
+
+
+def _timed(fn: Callable[[], Any], calls: int = 10) -> float:
+    """Seconds per call of ``fn``, over ``calls`` calls after one warm-up."""
+    fn()
+    started = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - started) / calls
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -873,6 +1043,16 @@ def main(argv: list[str] | None = None) -> None:
             w.add_argument("--mode", choices=("exact", "fast"), default="exact" if name == "sentences" else "fast")
             w.add_argument("--passages", type=int, default=150, help="held-out passages for the ordinary-text figures")
             w.add_argument("--results", default="", help=f"the results file (default: compression_{name[:-1]}_weight.json)")
+    c = sub.add_parser("ceiling", help="the least time the model can take per 1k tokens on this CPU")
+    c.add_argument("--threads", type=int, default=2)
+    c.add_argument("--repeats", type=int, default=5)
+    c.add_argument("--results", default="", help="the results file (default: compression_ceiling.json)")
+    f = sub.add_parser("student-fit", help="the turbo student's agreement with its teacher, trained vs held-out")
+    f.add_argument("--trained", type=int, default=2000, help="the training passages distil fitted on")
+    f.add_argument("--sample", type=int, default=150)
+    f.add_argument("--seed", type=int, default=1)
+    f.add_argument("--threads", type=int, default=2)
+    f.add_argument("--results", default="", help="the results file (default: compression_student_fit.json)")
     r = sub.add_parser("run", help="run the benchmark")
     r.add_argument("--qa-model", default=QA_MODEL, choices=sorted(bench_models.MODELS))
     r.add_argument("--set", choices=("eval", "dev"), default="eval")
@@ -902,6 +1082,10 @@ def main(argv: list[str] | None = None) -> None:
         compare_selection_weights(args, f"{args.command[:-1]}_weight")
     elif args.command == "questions":
         compare_question_weights(args)
+    elif args.command == "ceiling":
+        ceiling(args)
+    elif args.command == "student-fit":
+        student_fit(args)
     else:
         run(args)
 
