@@ -11,6 +11,7 @@ Commands:
     .venv/bin/python bench/compression.py run            # prints a table, writes bench/results/compression.json
     .venv/bin/python bench/compression.py ceiling        # the model's least time per 1k tokens on this CPU
     .venv/bin/python bench/compression.py student-fit    # the turbo student on trained vs held-out passages
+    .venv/bin/python bench/compression.py languages      # English paragraphs taken for another language
 
 ``build-eval`` makes the evaluation set from held-out passages of the
 compressor's training corpus (documents that training never saw; the corpus and
@@ -998,6 +999,27 @@ def student_fit(args: argparse.Namespace) -> None:
     print(f"wrote {results.relative_to(ROOT) if results.is_relative_to(ROOT) else results}")
 
 
+def languages(args: argparse.Namespace) -> None:
+    """English paragraphs taken for another language (and so kept whole) by thrifty's English model: those of
+    the training corpus's held-out and training passages and of the evaluation set. There should be none."""
+    from thrifty.compressors import Compressor, _data
+    from thrifty.compressors._language import MIN_WORDS
+
+    compressor = Compressor.load("exact")
+    texts = [p["text"] for name in ("heldout", "train") for p in _data.read_jsonl(WORK / f"{name}.jsonl")]
+    texts += [r["passage"] for r in read_set("eval")]
+    paragraphs = [p for t in texts for p in re.split(r"\n[ \t\r\f\v]*\n", t) if len(p.split()) >= MIN_WORDS]
+    taken = [t[a:b] for t in texts for a, b in compressor.foreign_paragraphs(t)]
+    out = {"passages": len(texts), "paragraphs_of_min_words": len(paragraphs), "taken_for_another_language": taken}
+    print(f"{len(taken)} of {len(paragraphs)} English paragraphs of at least {MIN_WORDS} words "
+          f"({len(texts)} passages) taken for another language")
+    for text in taken:
+        print(f"  {text[:120]!r}")
+    results = Path(args.results) if args.results else ROOT / "bench" / "results" / "compression_languages.json"
+    results.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {results.relative_to(ROOT) if results.is_relative_to(ROOT) else results}")
+
+
 def _timed(fn: Callable[[], Any], calls: int = 10) -> float:
     """Seconds per call of ``fn``, over ``calls`` calls after one warm-up."""
     fn()
@@ -1053,6 +1075,8 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--seed", type=int, default=1)
     f.add_argument("--threads", type=int, default=2)
     f.add_argument("--results", default="", help="the results file (default: compression_student_fit.json)")
+    g = sub.add_parser("languages", help="English paragraphs taken for another language (there should be none)")
+    g.add_argument("--results", default="", help="the results file (default: compression_languages.json)")
     r = sub.add_parser("run", help="run the benchmark")
     r.add_argument("--qa-model", default=QA_MODEL, choices=sorted(bench_models.MODELS))
     r.add_argument("--set", choices=("eval", "dev"), default="eval")
@@ -1086,6 +1110,8 @@ def main(argv: list[str] | None = None) -> None:
         ceiling(args)
     elif args.command == "student-fit":
         student_fit(args)
+    elif args.command == "languages":
+        languages(args)
     else:
         run(args)
 

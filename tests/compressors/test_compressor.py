@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,6 +98,61 @@ def test_an_english_model_keeps_chinese_and_thai_whole(tmp_path, exact):
     assert "北" in english.keep_decisions(zh, 0.5).words
     assert zh * 6 not in Compressor.load(
         "exact", str(make_weights(tmp_path / "zh", languages=["en", "zh"]))).compress(text, 0.4).text
+
+
+GERMAN = ("Die Stadtverwaltung hat am Montag beschlossen, dass die neue Straßenbahnlinie zwischen dem Hauptbahnhof "
+          "und dem Flughafen erst im Frühjahr 2027 eröffnet wird, weil die Bauarbeiten an der Brücke über den Fluss "
+          "länger dauern als geplant. Der Bürgermeister erklärte, dass die Kosten dadurch um etwa zwölf Prozent "
+          "steigen werden.")
+SPANISH = ("El ayuntamiento decidió el lunes que la nueva línea de tranvía entre la estación central y el aeropuerto "
+           "no se abrirá hasta la primavera de 2027, porque las obras del puente sobre el río durarán más de lo "
+           "previsto. El alcalde explicó que los costes aumentarán aproximadamente un doce por ciento.")
+RUSSIAN = ("Городская администрация в понедельник решила, что новая трамвайная линия между центральным вокзалом и "
+           "аэропортом откроется только весной 2027 года, потому что работы на мосту через реку продлятся дольше, "
+           "чем планировалось. Мэр пояснил, что расходы вырастут примерно на двенадцать процентов.")
+
+
+def test_an_english_model_keeps_paragraphs_in_other_languages_whole(tmp_path, exact):
+    # an English model ranks German or Russian words without knowing them, so such paragraphs pass through
+    from tests.compressors.weights_support import make_weights
+    from thrifty.compressors.lingua import Compressor
+
+    english = Compressor.load("exact", str(make_weights(tmp_path / "en", languages=["en"])))
+    text = "\n\n".join([PASSAGE, GERMAN, RUSSIAN, PASSAGE + "Ein Satz auf Deutsch, mitten im Englischen.", SPANISH])
+    out = english.compress(text, 0.4)
+    assert GERMAN in out.text and RUSSIAN in out.text and SPANISH in out.text  # byte for byte
+    assert out.protected_chars >= len(GERMAN) + len(RUSSIAN) + len(SPANISH)
+    assert out.tokens_after < out.tokens_before and PASSAGE.strip() not in out.text  # the English is compressed,
+    assert "mitten im Englischen." not in out.text  # with the German sentence inside an English paragraph
+    assert english.compress(GERMAN, 0.4).text == GERMAN
+    # nothing of the kind without the manifest's languages (as llmlingua), without protection, or in the
+    # keep decisions, which protect nothing unless asked
+    assert GERMAN not in exact.compress(text, 0.4).text
+    assert GERMAN not in english.compress(text, 0.4, protect=False).text
+    assert "stadtverwaltung" in english.keep_decisions(GERMAN, 0.5).words
+    # a model that names German compresses it (Russian it still cannot read); one that names a language the
+    # stop words cannot tell (Russian) leaves the decision to the model everywhere
+    both = Compressor.load("exact", str(make_weights(tmp_path / "de", languages=["en", "de"]))).compress(text, 0.4)
+    assert GERMAN not in both.text and RUSSIAN in both.text and SPANISH in both.text
+    russian = Compressor.load("exact", str(make_weights(tmp_path / "ru", languages=["en", "ru"]))).compress(text, 0.4)
+    assert GERMAN not in russian.text and RUSSIAN not in russian.text
+
+
+def test_no_english_passage_of_the_evaluation_set_is_taken_for_another_language(tmp_path):
+    import json
+
+    from tests.compressors.weights_support import make_weights
+    from thrifty.compressors.lingua import Compressor
+
+    english = Compressor.load("exact", str(make_weights(tmp_path / "en", languages=["en"])))
+    rows = Path(__file__).resolve().parents[2] / "bench" / "data" / "compression_qa.jsonl"
+    passages = [json.loads(line)["passage"] for line in rows.read_text(encoding="utf-8").splitlines() if line]
+    assert len(passages) == 120
+    for text in passages:
+        assert english.foreign_paragraphs(text) == []
+    for text in (GERMAN, RUSSIAN, SPANISH):
+        assert english.foreign_paragraphs(text) == [(0, len(text))]
+    assert english.foreign_paragraphs(f"{PASSAGE}\n\n{GERMAN}") == [(len(PASSAGE) + 2, len(PASSAGE) + 2 + len(GERMAN))]
 
 
 def test_malformed_unicode_survives(exact):

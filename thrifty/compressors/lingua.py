@@ -49,7 +49,11 @@ What thrifty adds:
   whose manifest names the languages it was trained on, none of them written
   without spaces (thrifty's own: English), text in those scripts (Chinese,
   Japanese, Thai...) is protected too: such a tokenizer makes each character
-  a word, and dropping some would break the words they spell.
+  a word, and dropping some would break the words they spell. So is each
+  paragraph clearly in a language the model does not name
+  (:mod:`thrifty.compressors._language`: German, French, Spanish, Italian,
+  Portuguese, Dutch, or a script other than Latin), whose words it would
+  rank without knowing them.
 * **The output is cut from the original text** by character offsets, never
   detokenized: case, accents, scripts and emoji come back as they were. Two kept
   words that were neighbours keep the text between them; where words were
@@ -101,6 +105,7 @@ from typing import Any
 
 import numpy as np
 
+from thrifty.compressors._language import ParagraphLanguages
 from thrifty.compressors._scripts import SPACELESS_BLOCKS, SPACELESS_CHAR, SPACELESS_LANGUAGES, is_spaceless
 from thrifty.compressors.base import CompressResult, Progress
 from thrifty.compressors.model import LoadedModel, fast_precision, fast_variant_dir, load_model
@@ -218,6 +223,9 @@ class Compressor:
         self._sentence_ends = np.fromiter((p.lstrip("▁") in _SENTENCE_ENDS for p in pieces), dtype=bool, count=size)
         self._relation = np.fromiter((p.lstrip("▁").lower() in RELATION_WORDS for p in pieces), dtype=bool,
                                      count=size) & ~self._cont
+        normalizer = tok.backend_tokenizer.normalizer
+        self._paragraphs = ParagraphLanguages(frozenset(self._m.languages), vocab,
+                                              normalizer.normalize_str if normalizer is not None else str)
         self._cls = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
         self._sep = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
         self._pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -286,6 +294,16 @@ class Compressor:
         idx = np.flatnonzero(a.listed)
         return KeepDecisions([a.words[i] for i in idx], a.starts[idx], a.ends[idx], a.probs[idx], a.keep[idx])
 
+    def foreign_paragraphs(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of the paragraphs of ``text`` that :meth:`compress` keeps whole as written in none
+        of the model's languages (see :mod:`thrifty.compressors._language`); always empty for a model whose
+        manifest names no languages."""
+        ids, offs, _ = self._tokenize(text)
+        if not self._paragraphs.active or not len(ids):
+            return []
+        _, first, counts, starts, ends = self._word_bounds(ids, offs)
+        return self._paragraphs.foreign(text, ids[first], counts == 1, starts, ends)
+
     # ------------------------------------------------------------ the method
 
     def _compress(self, text: str, rate: float, force_keep: Sequence[str], patterns: Sequence[str],
@@ -326,19 +344,16 @@ class Compressor:
             empty = np.zeros(0, dtype=np.int64)
             return _Analysis(empty, empty, [], np.zeros(0, np.float32), np.zeros(0, bool), np.zeros(0, bool),
                              protected_spans(text, defaults=protect, force_keep=force_keep, patterns=patterns))
-        special = self._special[ids]
-        is_start = ~self._cont[ids]
-        is_start[0] = True
-        is_start[1:] |= special[:-1]  # a piece after a special token starts a word
-        first = np.flatnonzero(is_start)
-        last = np.append(first[1:], n) - 1
-        starts = offs[first, 0]
-        ends = offs[last, 1]
-        opaque = special[first]
+        is_start, first, counts, starts, ends = self._word_bounds(ids, offs)
+        opaque = self._special[ids[first]]
 
         spans = protected_spans(text, defaults=protect, force_keep=force_keep, patterns=patterns)
         if protect and self._spaceless_whole and SPACELESS_CHAR.search(text):
             spans = merge_spans(spans + _spaceless_runs(text, starts, ends))
+        if protect and self._paragraphs.active:
+            foreign = self._paragraphs.foreign(text, ids[first], counts == 1, starts, ends)
+            if foreign:
+                spans = merge_spans(spans + foreign)
         protected = np.zeros(len(first), dtype=bool)
         if spans:
             spans, protected = _widen(spans, starts, ends)
@@ -347,7 +362,6 @@ class Compressor:
         chunks = self._chunks(ids, is_start)
         tok_probs = self._probabilities(ids, chunks, listed, first, progress)
 
-        counts = np.diff(np.append(first, n))
         sums = np.add.reduceat(tok_probs, first) if n else tok_probs
         probs = (sums / counts.astype(np.float32)).astype(np.float32)
         words = self._words(tokens, first, counts)
@@ -383,6 +397,17 @@ class Compressor:
             window = keep[lo:hi]
             window[sel] = kept
         return _Analysis(starts, ends, words, probs, keep, listed, spans)
+
+    def _word_bounds(self, ids: np.ndarray, offs: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Where words start among the tokens, each word's first token, its token count and its character span."""
+        special = self._special[ids]
+        is_start = ~self._cont[ids]
+        is_start[0] = True
+        is_start[1:] |= special[:-1]  # a piece after a special token starts a word
+        first = np.flatnonzero(is_start)
+        last = np.append(first[1:], len(ids)) - 1
+        return is_start, first, np.diff(np.append(first, len(ids))), offs[first, 0], offs[last, 1]
 
     def _tokenize(self, text: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         safe = _SURROGATES.sub("\ufffd", text) if _SURROGATES.search(text) else text
