@@ -107,6 +107,9 @@ GERMAN = ("Die Stadtverwaltung hat am Montag beschlossen, dass die neue Straßen
 SPANISH = ("El ayuntamiento decidió el lunes que la nueva línea de tranvía entre la estación central y el aeropuerto "
            "no se abrirá hasta la primavera de 2027, porque las obras del puente sobre el río durarán más de lo "
            "previsto. El alcalde explicó que los costes aumentarán aproximadamente un doce por ciento.")
+POLISH = ("Rada miasta postanowiła w poniedziałek, że nowa linia tramwajowa między dworcem centralnym a lotniskiem "
+          "zostanie otwarta dopiero wiosną 2027 roku, ponieważ prace na moście nad rzeką potrwają dłużej niż "
+          "planowano. Burmistrz wyjaśnił, że koszty wzrosną o około dwanaście procent.")
 RUSSIAN = ("Городская администрация в понедельник решила, что новая трамвайная линия между центральным вокзалом и "
            "аэропортом откроется только весной 2027 года, потому что работы на мосту через реку продлятся дольше, "
            "чем планировалось. Мэр пояснил, что расходы вырастут примерно на двенадцать процентов.")
@@ -150,8 +153,9 @@ def test_no_english_passage_of_the_evaluation_set_is_taken_for_another_language(
     assert len(passages) == 120
     for text in passages:
         assert english.foreign_paragraphs(text) == []
-    for text in (GERMAN, RUSSIAN, SPANISH):
+    for text in (GERMAN, RUSSIAN, SPANISH, POLISH):  # Polish has no stop-word list: English's cover none of it
         assert english.foreign_paragraphs(text) == [(0, len(text))]
+    assert english.foreign_paragraphs(POLISH[:120]) == []  # too short to tell
     assert english.foreign_paragraphs(f"{PASSAGE}\n\n{GERMAN}") == [(len(PASSAGE) + 2, len(PASSAGE) + 2 + len(GERMAN))]
 
 

@@ -51,9 +51,8 @@ What thrifty adds:
   Japanese, Thai...) is protected too: such a tokenizer makes each character
   a word, and dropping some would break the words they spell. So is each
   paragraph clearly in a language the model does not name
-  (:mod:`thrifty.compressors._language`: German, French, Spanish, Italian,
-  Portuguese, Dutch, or a script other than Latin), whose words it would
-  rank without knowing them.
+  (:mod:`thrifty.compressors._language`, by stop words or script), whose
+  words it would rank without knowing them.
 * **The output is cut from the original text** by character offsets, never
   detokenized: case, accents, scripts and emoji come back as they were. Two kept
   words that were neighbours keep the text between them; where words were
