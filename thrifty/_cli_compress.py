@@ -9,6 +9,8 @@ from typing import Any
 import click
 
 _PROGRESS_FROM = 4_000  # model tokens; smaller inputs finish before a bar would help
+#: Why a text came back unchanged (``CompressResult.skipped``), for the summary line.
+_SKIPPED = {"empty": "no text", "rate": "rate 1", "short": "too short to compress"}
 
 
 @click.command("compress")
@@ -99,8 +101,13 @@ def compress(file: str, rate: float, mode: str, model: str | None, force_keep: t
     except OSError as exc:
         raise click.ClickException(f"cannot write {output}: {exc.strerror}") from None
     if not quiet:
+        kept = f"{result.achieved_rate:.0%} kept"
+        if result.protected_chars:
+            kept += f", {result.protected_chars:,} characters protected"
+        if result.skipped is not None:
+            kept += f", unchanged: {_SKIPPED.get(result.skipped, result.skipped)}"
         click.echo(
             f"{name}: {result.tokens_before} -> {result.tokens_after} tokens "
-            f"({result.achieved_rate:.0%} kept, {result.mode}, {(time.perf_counter() - started):.2f} s)",
+            f"({kept}, {result.mode}, {(time.perf_counter() - started):.2f} s)",
             err=True,
         )

@@ -34,6 +34,18 @@ def test_malformed_utf8_bytes_come_back_unchanged(tmp_path, weights):
 def test_stdin_and_empty_input(weights):
     result = run("-", "--model", str(weights), "-q", input=b"   \n")
     assert result.exit_code == 0 and result.stdout_bytes == b"   \n"
+    assert "unchanged: no text" in run("-", "--model", str(weights), input=b"   \n").stderr
+
+
+def test_the_summary_says_what_was_protected(tmp_path):
+    # a German paragraph beside an English one, with a model that names English: the German passes through
+    from tests.compressors.test_compressor import GERMAN
+    from tests.compressors.weights_support import make_weights
+
+    english = make_weights(tmp_path / "en", languages=["en"])
+    result = run("-", "--model", str(english), "--mode", "exact", input=f"{PASSAGE}\n\n{GERMAN}".encode())
+    assert result.exit_code == 0 and GERMAN.encode() in result.stdout_bytes
+    assert f"{len(GERMAN):,} characters protected" in result.stderr
 
 
 def test_errors_name_the_file(tmp_path, weights):
