@@ -29,8 +29,10 @@ match.
 It records ``ctx.savings["compression"]``: tokens of the prompt before and
 after (counted with the target model's tokenizer, an estimate for non-OpenAI
 models), and in ``detail`` the compressor, its version, the mode, the rate,
-the compression time in ms, the number of parts compressed and how many of
-them were compressed for a question (``question_aware``); the recorder
+the compression time in ms, the number of parts compressed, how many of
+them were compressed for a question (``question_aware``) and how many of
+their characters were kept byte for byte (``protected_chars``: code, numbers,
+URLs..., paragraphs in languages the model does not know); the recorder
 prices the saved tokens at the model's input price. A compressor failure
 sends the call on uncompressed (recorded as ``detail["error"]``) unless
 ``fail_open = false``, when the call fails with
@@ -178,7 +180,7 @@ class CompressionStage(Stage):
         ctx.savings[TECHNIQUE] = Saving(before, before - saved, detail={
             "compressor": first.compressor, "version": first.version, "mode": first.mode, "rate": plan.rate,
             "ms": round(ms, 3), "parts": len(results),
-            "question_aware": len(questions)})
+            "question_aware": len(questions), "protected_chars": sum(r.protected_chars for r in results)})
         return _replace_texts(request, {where: r.text for (where, _), r in zip(found, results, strict=True)})
 
     @staticmethod
