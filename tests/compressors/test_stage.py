@@ -164,10 +164,17 @@ def test_fail_closed_fails_the_call(tmp_path, upstream):
 
 
 def test_bad_options_are_a_400(engine, upstream):
-    with pytest.raises(openai.BadRequestError, match="compress"):
+    with pytest.raises(openai.BadRequestError, match="compress") as bad:
         oai(engine, upstream).chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
             extra_body={"thrifty": {"compress": {"rate": 2}}})
+    assert bad.value.param == "thrifty.compress.rate"  # the key as the caller wrote it
+    with pytest.raises(openai.BadRequestError, match=r"unknown thrifty option 'compress.rat'; known options are: "
+                                                     r"force_keep, min_tokens, mode, protect, question, rate, ") as bad:
+        oai(engine, upstream).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+            extra_body={"thrifty": {"compress": {"rat": 0.5}}})
+    assert bad.value.param == "thrifty.compress.rat"
     with pytest.raises(openai.BadRequestError, match="regular expression"):
         oai(engine, upstream).chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],

@@ -107,9 +107,13 @@ class ThriftyOptions(BaseModel):
             return cls.model_validate(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
+            loc = [str(p) for p in first["loc"]]
+            nested = len(loc) > 2 and loc[0] == "compress" and loc[1] in ("options", "bool")
+            if nested:  # the union's tag is not a key the caller wrote
+                del loc[1]
+            where = ".".join(loc)
             if first["type"] == "extra_forbidden":
-                known = ", ".join(sorted(cls.model_fields))
+                known = ", ".join(sorted((CompressOptions if nested else cls).model_fields))
                 raise UnknownOptionError(
                     f"unknown thrifty option {where!r}; known options are: {known}",
                     param=f"thrifty.{where}",
