@@ -10,7 +10,8 @@ import click
 
 _PROGRESS_FROM = 4_000  # model tokens; smaller inputs finish before a bar would help
 #: Why a text came back unchanged (``CompressResult.skipped``), for the summary line.
-_SKIPPED = {"empty": "no text", "rate": "rate 1", "short": "too short to compress"}
+_SKIPPED = {"empty": "no text", "rate": "rate 1", "short": "too short to compress",
+            "protected": "nothing in it may be dropped"}
 
 
 @click.command("compress")

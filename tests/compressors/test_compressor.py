@@ -127,7 +127,8 @@ def test_an_english_model_keeps_paragraphs_in_other_languages_whole(tmp_path, ex
     assert out.protected_chars >= len(GERMAN) + len(RUSSIAN) + len(SPANISH)
     assert out.tokens_after < out.tokens_before and PASSAGE.strip() not in out.text  # the English is compressed,
     assert "mitten im Englischen." not in out.text  # with the German sentence inside an English paragraph
-    assert english.compress(GERMAN, 0.4).text == GERMAN
+    alone = english.compress(GERMAN, 0.4)
+    assert alone.text == GERMAN and alone.skipped == "protected" and alone.protected_chars == len(GERMAN)
     # nothing of the kind without the manifest's languages (as llmlingua), without protection, or in the
     # keep decisions, which protect nothing unless asked
     assert GERMAN not in exact.compress(text, 0.4).text

@@ -40,7 +40,8 @@ class CompressResult:
     ``target`` (:func:`thrifty.ledger.tokens.count_text`: exact for OpenAI models,
     an ``o200k_base`` estimate for others). ``skipped`` says why the text was
     returned unchanged (``"empty"``; ``"rate"``: a rate of 1; ``"short"``: nothing
-    would be left), or is ``None``.
+    would be left; ``"protected"``: no word of it may be dropped, as all are
+    protected or unreadable to the model), or is ``None``.
     """
 
     text: str

@@ -321,6 +321,11 @@ class Compressor:
             return CompressResult(text, n, n, rate, self.name, self.version, self.mode,
                                   (time.perf_counter() - t0) * 1000, target, skipped)
         a = self._analyse(text, rate, force_keep, patterns, protect, progress, weight, relation, question)
+        if not a.listed.any():  # every word protected (code, numbers, another language...) or unreadable
+            n = count_text(_encodable(text), target)
+            return CompressResult(text, n, n, rate, self.name, self.version, self.mode,
+                                  (time.perf_counter() - t0) * 1000, target, "protected",
+                                  protected_chars=sum(e - s for s, e in a.spans))
         out = _assemble(text, a)
         if not out.strip():  # everything dropped: too short to compress
             n = count_text(_encodable(text), target)
