@@ -311,32 +311,29 @@ class Compressor:
         from thrifty.ledger.tokens import count_text
 
         t0 = time.perf_counter()
-        skipped = None
-        if not text.strip():
-            skipped = "empty"
-        elif rate >= 1.0:
-            skipped = "rate"
-        if skipped is not None:
+
+        def unchanged(skipped: str, protected_chars: int = 0) -> CompressResult:
             n = count_text(_encodable(text), target) if text else 0
             return CompressResult(text, n, n, rate, self.name, self.version, self.mode,
-                                  (time.perf_counter() - t0) * 1000, target, skipped)
+                                  (time.perf_counter() - t0) * 1000, target, skipped,
+                                  protected_chars=protected_chars)
+
+        if not text.strip():
+            return unchanged("empty")
+        if rate >= 1.0:
+            return unchanged("rate")
         a = self._analyse(text, rate, force_keep, patterns, protect, progress, weight, relation, question)
+        protected_chars = sum(e - s for s, e in a.spans)
         if not a.listed.any():  # every word protected (code, numbers, another language...) or unreadable
-            n = count_text(_encodable(text), target)
-            return CompressResult(text, n, n, rate, self.name, self.version, self.mode,
-                                  (time.perf_counter() - t0) * 1000, target, "protected",
-                                  protected_chars=sum(e - s for s, e in a.spans))
+            return unchanged("protected", protected_chars)
         out = _assemble(text, a)
         if not out.strip():  # everything dropped: too short to compress
-            n = count_text(_encodable(text), target)
-            return CompressResult(text, n, n, rate, self.name, self.version, self.mode,
-                                  (time.perf_counter() - t0) * 1000, target, "short")
+            return unchanged("short")
         before = count_text(_encodable(text), target)
         after = count_text(_encodable(out), target) if out != text else before
         return CompressResult(
             out, before, after, rate, self.name, self.version, self.mode, (time.perf_counter() - t0) * 1000,
-            target, None, int(a.keep[a.listed].sum()), int(a.listed.sum()),
-            sum(e - s for s, e in a.spans),
+            target, None, int(a.keep[a.listed].sum()), int(a.listed.sum()), protected_chars,
         )
 
     def _analyse(self, text: str, rate: float, force_keep: Sequence[str], patterns: Sequence[str],
