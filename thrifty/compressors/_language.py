@@ -99,16 +99,16 @@ class ParagraphLanguages:
         self._names = names
         self._own = [k for k, name in enumerate(names) if name in languages]
 
-    def foreign(self, text: str, word_ids: np.ndarray, single: np.ndarray, starts: np.ndarray,
+    def foreign(self, text: str, codes: np.ndarray, word_ids: np.ndarray, single: np.ndarray, starts: np.ndarray,
                 ends: np.ndarray) -> list[tuple[int, int]]:
         """Character spans of the paragraphs in none of the model's languages.
 
-        ``word_ids`` is each word's first piece, ``single`` whether the word is that piece alone,
-        ``starts``/``ends`` the words' character spans.
+        ``codes`` is the code point each word starts with (:func:`~thrifty.compressors._scripts.first_codes`),
+        ``word_ids`` its first piece, ``single`` whether the word is that piece alone, ``starts``/``ends``
+        the words' character spans.
         """
         if not self.active or len(starts) < MIN_WORDS:
             return []
-        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")[starts].astype(np.int64)
         lower = codes | 0x20
         latin = (((lower >= 0x61) & (lower <= 0x7A))
                  | ((codes >= 0xC0) & (codes <= 0x24F) & (codes != 0xD7) & (codes != 0xF7))

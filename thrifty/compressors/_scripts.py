@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 #: Unicode blocks of scripts written without spaces between words: Thai, Lao, Myanmar, CJK (with kana
 #: and the CJK symbols), CJK compatibility ideographs, full-width forms, and the supplementary ideographs.
 SPACELESS_BLOCKS = ((0x0E00, 0x0EFF), (0x1000, 0x109F), (0x2E80, 0xA4CF), (0xF900, 0xFAFF), (0xFF00, 0xFFEF),
@@ -14,6 +16,12 @@ SPACELESS_CLASS = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in SPACELESS_BLOCKS)
 
 #: One character of those scripts.
 SPACELESS_CHAR = re.compile(f"[{SPACELESS_CLASS}]")
+
+
+def first_codes(text: str, starts: np.ndarray) -> np.ndarray:
+    """The code point of the character at each of ``starts`` (character offsets into ``text``), as int64;
+    lone surrogates are read as they are."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")[starts].astype(np.int64)
 
 
 def is_spaceless(ch: str) -> bool:

@@ -105,7 +105,13 @@ from typing import Any
 import numpy as np
 
 from thrifty.compressors._language import ParagraphLanguages
-from thrifty.compressors._scripts import SPACELESS_BLOCKS, SPACELESS_CHAR, SPACELESS_LANGUAGES, is_spaceless
+from thrifty.compressors._scripts import (
+    SPACELESS_BLOCKS,
+    SPACELESS_CHAR,
+    SPACELESS_LANGUAGES,
+    first_codes,
+    is_spaceless,
+)
 from thrifty.compressors.base import CompressResult, Progress
 from thrifty.compressors.model import LoadedModel, fast_precision, fast_variant_dir, load_model
 from thrifty.compressors.protect import merge_spans, protected_spans
@@ -301,7 +307,7 @@ class Compressor:
         if not self._paragraphs.active or not len(ids):
             return []
         _, first, counts, starts, ends = self._word_bounds(ids, offs)
-        return self._paragraphs.foreign(text, ids[first], counts == 1, starts, ends)
+        return self._paragraphs.foreign(text, first_codes(text, starts), ids[first], counts == 1, starts, ends)
 
     # ------------------------------------------------------------ the method
 
@@ -349,10 +355,13 @@ class Compressor:
         opaque = self._special[ids[first]]
 
         spans = protected_spans(text, defaults=protect, force_keep=force_keep, patterns=patterns)
-        if protect and self._spaceless_whole and SPACELESS_CHAR.search(text):
-            spans = merge_spans(spans + _spaceless_runs(text, starts, ends))
-        if protect and self._paragraphs.active:
-            foreign = self._paragraphs.foreign(text, ids[first], counts == 1, starts, ends)
+        spaceless = protect and self._spaceless_whole and SPACELESS_CHAR.search(text)
+        foreign_check = protect and self._paragraphs.active
+        codes = first_codes(text, starts) if spaceless or foreign_check else None
+        if spaceless:
+            spans = merge_spans(spans + _spaceless_runs(codes, starts, ends))
+        if foreign_check:
+            foreign = self._paragraphs.foreign(text, codes, ids[first], counts == 1, starts, ends)
             if foreign:
                 spans = merge_spans(spans + foreign)
         protected = np.zeros(len(first), dtype=bool)
@@ -511,10 +520,9 @@ def _sentence_scores(p: np.ndarray, sentence: np.ndarray, weight: float) -> np.n
     return (p + weight * (means[ids] - p.mean())).astype(np.float32)
 
 
-def _spaceless_runs(text: str, starts: np.ndarray, ends: np.ndarray) -> list[tuple[int, int]]:
-    """Character spans of the runs of words (character spans ``starts``-``ends``) that begin in a script
-    written without spaces, each run unbroken by a gap."""
-    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")[starts]
+def _spaceless_runs(codes: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> list[tuple[int, int]]:
+    """Character spans of the runs of words (character spans ``starts``-``ends``, first code points
+    ``codes``) that begin in a script written without spaces, each run unbroken by a gap."""
     spaceless = np.zeros(len(starts), dtype=bool)
     for lo, hi in SPACELESS_BLOCKS:
         spaceless |= (codes >= lo) & (codes <= hi)
