@@ -963,9 +963,7 @@ def ceiling(args: argparse.Namespace) -> None:
           + ", ".join(f"{k} {v:.1f} GFLOP" for k, v in gflop.items()))
     print("matrix products in the model's shapes: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items()))
     print(f"floor at {best_label}'s rate, ms per 1k prompt tokens: " + ", ".join(f"{k} {v}" for k, v in floors.items()))
-    results = Path(args.results) if args.results else ROOT / "bench" / "results" / "compression_ceiling.json"
-    results.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {results.relative_to(ROOT) if results.is_relative_to(ROOT) else results}")
+    write_results(out, args.results, "compression_ceiling.json")
 
 
 def student_fit(args: argparse.Namespace) -> None:
@@ -994,30 +992,33 @@ def student_fit(args: argparse.Namespace) -> None:
                                        teacher.keep_label)[0] for ids, _ in examples]
         out[name] = round(distil.top_half_agreement(student.model, margins, examples, teacher.keep_label), 4)
         print(f"top-half agreement of the student with its teacher, {name} passages: {out[name]:.4f}")
-    results = Path(args.results) if args.results else ROOT / "bench" / "results" / "compression_student_fit.json"
-    results.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {results.relative_to(ROOT) if results.is_relative_to(ROOT) else results}")
+    write_results(out, args.results, "compression_student_fit.json")
 
 
 def languages(args: argparse.Namespace) -> None:
     """English paragraphs taken for another language (and so kept whole) by thrifty's English model: those of
     the training corpus's held-out and training passages and of the evaluation set. There should be none."""
     from thrifty.compressors import Compressor, _data
-    from thrifty.compressors._language import MIN_WORDS
+    from thrifty.compressors._language import MIN_WORDS, PARAGRAPH_BREAK
 
     compressor = Compressor.load("exact")
     texts = [p["text"] for name in ("heldout", "train") for p in _data.read_jsonl(WORK / f"{name}.jsonl")]
     texts += [r["passage"] for r in read_set("eval")]
-    paragraphs = [p for t in texts for p in re.split(r"\n[ \t\r\f\v]*\n", t) if len(p.split()) >= MIN_WORDS]
+    paragraphs = [p for t in texts for p in PARAGRAPH_BREAK.split(t) if len(p.split()) >= MIN_WORDS]
     taken = [t[a:b] for t in texts for a, b in compressor.foreign_paragraphs(t)]
     out = {"passages": len(texts), "paragraphs_of_min_words": len(paragraphs), "taken_for_another_language": taken}
     print(f"{len(taken)} of {len(paragraphs)} English paragraphs of at least {MIN_WORDS} words "
           f"({len(texts)} passages) taken for another language")
     for text in taken:
         print(f"  {text[:120]!r}")
-    results = Path(args.results) if args.results else ROOT / "bench" / "results" / "compression_languages.json"
-    results.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {results.relative_to(ROOT) if results.is_relative_to(ROOT) else results}")
+    write_results(out, args.results, "compression_languages.json")
+
+
+def write_results(out: dict[str, Any], given: str, name: str) -> None:
+    """Write ``out`` to ``given`` (``--results``), else to ``bench/results/<name>``, and say where."""
+    path = Path(given) if given else RESULTS.with_name(name)
+    path.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
 def _timed(fn: Callable[[], Any], calls: int = 10) -> float:

@@ -41,7 +41,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["MARGIN", "MIN_SHARE", "MIN_WORDS", "SPARSE_SHARE", "SPARSE_WORDS", "STOP_WORDS", "ParagraphLanguages"]
+__all__ = ["MARGIN", "MIN_SHARE", "MIN_WORDS", "PARAGRAPH_BREAK", "SPARSE_SHARE", "SPARSE_WORDS", "STOP_WORDS", "ParagraphLanguages"]
 
 #: The most frequent short words of each language, as written (the tokenizer's normaliser is applied
 #: when they are looked up). Words that most of these languages share ("a", "o"), or that English
@@ -76,7 +76,8 @@ MARGIN = 4.0
 SPARSE_SHARE = 0.03
 SPARSE_WORDS = 20
 
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
+#: Where one paragraph ends and the next begins: a line with nothing but spaces on it.
+PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
 
 
 class ParagraphLanguages:
@@ -116,7 +117,7 @@ class ParagraphLanguages:
         symbol = (((codes >= 0x2000) & (codes <= 0x2BFF)) | ((codes >= 0x3000) & (codes <= 0x303F))
                   | ((codes >= 0xFE00) & (codes <= 0xFFFF)) | (codes >= 0x1F000))
         other = (codes >= 0x370) & ~latin & ~symbol
-        breaks = np.array([m.end() for m in _PARAGRAPH_BREAK.finditer(text)], dtype=np.int64)
+        breaks = np.array([m.end() for m in PARAGRAPH_BREAK.finditer(text)], dtype=np.int64)
         paragraph = np.searchsorted(breaks, starts, side="right")
         count = len(breaks) + 1
         n_latin = np.bincount(paragraph, weights=latin, minlength=count)
