@@ -25,9 +25,10 @@ kind of items from training passages that were never labelled, for choosing
 teachers and models without looking at the evaluation set.
 
 ``run`` compresses each passage at keep rates 0.5 and 0.33 with: thrifty's
-compressor (exact mode; fast mode, the same model in bfloat16 where the CPU has
-it natively; turbo mode, the distilled student; ``thrifty-bf16``, the full
-model forced to bfloat16, for reference where the CPU emulates it; ``thrifty-onnx``,
+compressor (exact mode; fast mode, the same model in the precision measured
+fastest here, see ``thrifty.compressors.model.fast_precision``; turbo mode, the
+distilled student; ``thrifty-bf16`` and ``thrifty-int8``, the full model forced
+to bfloat16 or int8, for reference whatever the fast mode chose; ``thrifty-onnx``,
 the exact mode's model run by ONNX Runtime, for reference where ``onnxruntime`` and
 ``onnx`` are installed), random word dropping at the same rate (seeded),
 LLMLingua-1 (the ``llmlingua`` package with a local causal LM),
@@ -132,11 +133,11 @@ class LocalLM:
         path = bench_models.model_dir(name)
         if not (path / "config.json").is_file():
             raise SystemExit(f"the bench model {name!r} is missing: run make bench-models")
-        from thrifty.compressors.model import fast_precision
+        from thrifty.compressors.model import native_bfloat16
 
         self.name = name
-        # bfloat16 where the CPU has it natively (half the memory, faster); emulated it is 5x slower
-        self.dtype = fast_precision()
+        # bfloat16 where the CPU has it natively (half the memory); emulated it is 5x slower
+        self.dtype = "bfloat16" if native_bfloat16() else "float32"
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         self.model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True,
                                                           dtype=getattr(torch, self.dtype))
@@ -339,18 +340,18 @@ def random_drop(seed: int) -> Compress:
 def thrifty_compressor(mode: str) -> Any:
     """thrifty's compressor in ``mode`` on its shipped weights, or None when the runtime is missing.
 
-    ``bf16`` is not a mode: the full six-layer model forced to bfloat16 (the fast mode where the CPU has
-    it natively), kept as a reference for speed and agreement on CPUs that emulate it.
+    ``bf16`` and ``int8`` are not modes: the full six-layer model forced to that precision, a reference
+    for speed and agreement whichever precision the fast mode measured fastest here.
     """
     try:
         from thrifty.compressors import Compressor
         from thrifty.compressors.model import default_model_dir
     except ImportError:
         return None
-    if mode == "bf16":
+    if mode in ("bf16", "int8"):
         from thrifty.compressors.model import load_model
 
-        return Compressor(load_model(default_model_dir(), precision="bfloat16"), "fast")
+        return Compressor(load_model(default_model_dir(), precision="bfloat16" if mode == "bf16" else mode), "fast")
     if mode == "onnx":
         return onnx_compressor()
     return Compressor.load(mode=mode)
@@ -708,7 +709,7 @@ def agreement(exact: Any, others: dict[str, Any], text: str) -> dict[str, float]
 
 
 ALL_METHODS = ("thrifty-exact", "thrifty-fast", "thrifty-turbo", "thrifty-exact-q", "thrifty-fast-q",
-               "thrifty-turbo-q", "thrifty-bf16", "thrifty-onnx", "thrifty-exact-sw0", "thrifty-fast-sw0",
+               "thrifty-turbo-q", "thrifty-bf16", "thrifty-int8", "thrifty-onnx", "thrifty-exact-sw0", "thrifty-fast-sw0",
                "thrifty-turbo-sw0", "llmlingua2-thrifty-weights", "random", "llmlingua1-smollm2",
                "longllmlingua-smollm2")
 
@@ -797,7 +798,7 @@ def run(args: argparse.Namespace) -> None:
                 text = speed_prompt(rows)
                 tokens = speed_tokens = count_tokens(text)
                 for name in ("thrifty-exact", "thrifty-fast", "thrifty-fast-q", "thrifty-turbo", "thrifty-bf16",
-                             "thrifty-onnx", "llmlingua2-thrifty-weights"):
+                             "thrifty-int8", "thrifty-onnx", "llmlingua2-thrifty-weights"):
                     if name in methods:  # "-q": for the question of the prompt's first passage
                         question = rows[0]["question"] if name.endswith("-q") else ""
                         speed[name] = round(time_per_1k(methods[name], text, tokens, args.repeats, question), 1)
@@ -918,7 +919,7 @@ def ceiling(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
-    from thrifty.compressors.model import default_model_dir, fast_precision, fast_variant_dir, load_model
+    from thrifty.compressors.model import default_model_dir, fast_candidates, fast_variant_dir, load_model
 
     torch.set_num_threads(args.threads)
     loaded = load_model(default_model_dir())
@@ -934,16 +935,18 @@ def ceiling(args: argparse.Namespace) -> None:
     gflop = {name: layers * layer_flops * per_prompt_token * 1000 / 1e9 for name, layers in depths.items()}
     shapes = {"h x h": (h, h), "h x 4h": (f, h), "4h x h": (h, f)}
     runs = [("torch float32", "float32"), ("numpy float32", "numpy")]
-    if fast_precision() == "bfloat16":
-        runs.append(("torch bfloat16", "bfloat16"))
+    runs += [(f"torch {p}", p) for p in fast_candidates()[1:]]  # where the CPU computes them natively
     rates: dict[str, float] = {}
     with torch.inference_mode():
         for label, kind in runs:
             per_shape = []
             for n_out, n_in in shapes.values():
-                dtype = torch.float32 if kind == "numpy" else getattr(torch, kind)
+                dtype = torch.float32 if kind in ("numpy", "int8") else getattr(torch, kind)
                 x, w = torch.randn(4 * window, n_in, dtype=dtype), torch.randn(n_out, n_in, dtype=dtype)
-                if kind == "numpy":
+                if kind == "int8":  # integer operations per second, counted as FLOP; no rounding or scaling
+                    xi, wt = x.to(torch.int8), w.t().contiguous().to(torch.int8)
+                    call = lambda xi=xi, wt=wt: torch._int_mm(xi, wt)  # noqa: E731
+                elif kind == "numpy":
                     xn, wt = x.numpy(), np.ascontiguousarray(w.numpy().T)
                     call = lambda xn=xn, wt=wt: xn @ wt  # noqa: E731
                 else:

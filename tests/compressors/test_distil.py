@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.compressors.conftest import PASSAGE
-from thrifty.compressors import _data, distil
+from thrifty.compressors import _data, distil, model
 from thrifty.compressors.model import fast_precision, fast_variant_dir, load_model
 from thrifty.errors import LocalModelError
 
@@ -53,7 +53,7 @@ def test_distil_writes_a_student_the_turbo_mode_loads(tmp_path, weights):
     assert {"classifier.weight", "bert.encoder.layer.2.output.dense.weight"} <= set(manifest["delta_tensors"])
     turbo = Compressor.load("turbo", str(teacher))  # the student beside the teacher
     assert turbo._m.model.config.num_hidden_layers == 3 and turbo._m.path == str(variant)
-    assert next(turbo._m.model.parameters()).dtype == getattr(torch, fast_precision())
+    assert turbo.precision == fast_precision(variant)
     fast = Compressor.load("fast", str(teacher))  # the teacher itself
     assert fast._m.model.config.num_hidden_layers == 6 and fast._m.path == str(teacher)
     exact = Compressor.load("exact", str(teacher))
@@ -63,9 +63,9 @@ def test_distil_writes_a_student_the_turbo_mode_loads(tmp_path, weights):
 
     manifest["num_hidden_layers"] = 9
     (variant / "manifest.json").write_text(json.dumps(manifest))
-    uncached = "bfloat16" if fast_precision() == "float32" else "float32"  # the other is cached from above
+    model._models.pop((str(variant.resolve()), "float32"), None)  # loaded above
     with pytest.raises(LocalModelError, match="num_hidden_layers"):
-        load_model(variant, precision=uncached)
+        load_model(variant)
 
 
 def test_a_student_written_elsewhere_leaves_the_teacher_as_it_was(tmp_path, weights, capsys):
@@ -78,20 +78,6 @@ def test_a_student_written_elsewhere_leaves_the_teacher_as_it_was(tmp_path, weig
     assert (teacher / "manifest.json").read_bytes() == before
     assert fast_variant_dir(teacher) is None
     assert "is not beside" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(("avx512_bf16", "amx", "expected"), [
-    (False, False, "float32"), (True, False, "bfloat16"), (False, True, "bfloat16"),
-])
-def test_fast_mode_uses_bfloat16_only_where_the_cpu_has_it(monkeypatch, avx512_bf16, amx, expected):
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    assert fast_precision() == expected
-
-
-def test_fast_precision_is_float32_when_torch_cannot_tell(monkeypatch):
-    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
-    assert fast_precision() == "float32"
 
 
 def test_no_fast_variant_means_the_model_itself(weights, tmp_path):

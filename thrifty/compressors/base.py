@@ -154,7 +154,8 @@ def compress(
     ``rate`` is the share of the compressible text's tokens to keep (0 < rate <= 1);
     protected spans (:mod:`thrifty.compressors.protect`; ``protect=False``
     turns the built-in ones off) are kept in full on top. ``mode`` is ``"fast"``
-    (the model in bfloat16 where the CPU has it natively, else as exact),
+    (the model in the precision measured fastest on this machine: float32,
+    native bfloat16 or int8),
     ``"exact"`` (full precision, the same keep decisions as ``llmlingua``'s
     LLMLingua-2 path) or ``"turbo"`` (the distilled shallower model where one
     ships: faster again, for a few points of accuracy). ``model`` is a weights directory (default:

@@ -66,10 +66,11 @@ What thrifty adds:
   text), chunks made only of protected spans are not run at all, and the
   post-processing is vectorised with numpy. Three modes:
   ``exact`` (float32: the same keep decisions as ``llmlingua`` for the same
-  weights and settings); ``fast`` (the default: the same model in bfloat16
-  where the CPU computes it natively, else float32, see
-  :func:`~thrifty.compressors.model.fast_precision`; 99.7-99.8% of the exact
-  mode's decisions and its answers); and ``turbo`` (the shallower model
+  weights and settings); ``fast`` (the default: the same model in
+  whichever of float32, native bfloat16 and int8 runs it fastest on this
+  machine, measured once, see :func:`~thrifty.compressors.model.fast_precision`;
+  99.8% of the exact mode's decisions in bfloat16, 99.3% in int8, and its
+  answers); and ``turbo`` (the shallower model
   distilled from the given one when its manifest names one, as thrifty's own
   does, see :mod:`thrifty.compressors.distil`, at the fast mode's precision:
   about twice as fast again, for 94-96% of the decisions and a few points of
@@ -175,6 +176,7 @@ class Compressor:
     def __init__(self, loaded: LoadedModel, mode: str, *, cache_size: int = 256) -> None:
         self._m = loaded
         self.mode = mode
+        self.precision = loaded.precision
         self.version = f"{loaded.name}@{loaded.version}"
         self._cache: OrderedDict[tuple[Any, ...], CompressResult] = OrderedDict()
         self._cache_size = cache_size
@@ -195,7 +197,7 @@ class Compressor:
         if mode == "turbo":  # the student distilled from the model, where its manifest names one
             student = fast_variant_dir(Path(model) if model is not None else None)
             model = str(student) if student is not None else model
-        return cls(load_model(model, precision="float32" if mode == "exact" else fast_precision()), mode)
+        return cls(load_model(model, precision="float32" if mode == "exact" else fast_precision(model)), mode)
 
     # ------------------------------------------------------------ vocabulary tables
 

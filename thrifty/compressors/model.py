@@ -23,6 +23,18 @@ copy of ``microsoft/llmlingua-2-bert-base-multilingual-cased-meetingbank``.
 Nothing is downloaded: transformers is called with ``local_files_only=True``.
 Loaded models are cached per process (one per directory and precision),
 built once under a lock.
+
+**Precision.** ``float32`` is the model as trained (the exact mode). The fast
+and turbo modes run it in whichever of ``float32``, ``bfloat16`` (where the CPU
+computes it natively: AVX512-BF16 or AMX) and ``int8`` (the encoder's matrix
+products in integers, :mod:`thrifty.compressors._int8`) is fastest on this
+machine: :func:`fast_precision` times each on the model itself once, interleaved,
+and stores the figures in the local models' ``dtype-probe.json`` (keyed by model,
+CPU, torch version and threads), so later processes, and so their decisions, do
+not change with the machine's load. A less precise runtime must be at least 15%
+faster than a more precise one to be chosen. Flags alone do not tell: on one
+Xeon with AVX512-BF16 but no AMX, bfloat16 ran the model 1.5x *slower* than
+float32, and int8 1.3x faster (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -31,19 +43,26 @@ import hashlib
 import json
 import os
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from thrifty.errors import LocalModelError
 
-__all__ = ["DEFAULT_WEIGHTS", "LoadedModel", "default_model_dir", "fast_precision", "fast_variant_dir", "load_model",
-           "sha256_file"]
+__all__ = ["DEFAULT_WEIGHTS", "PRECISIONS", "LoadedModel", "default_model_dir", "fast_candidates", "fast_precision",
+           "fast_variant_dir", "load_model", "native_bfloat16", "probe_root", "sha256_file"]
 
 #: The name of thrifty's own keep/drop weights, used when no model is given.
 DEFAULT_WEIGHTS = "minilm-keep-v2"
 
 _INSTALL_HINT = "install the compression extra: pip install 'thrifty[compress]'"
+
+#: Precisions a model can be loaded in, from the most precise.
+PRECISIONS = ("float32", "bfloat16", "int8")
+#: A less precise runtime is chosen for the fast modes only when it is at least this much faster.
+_MIN_SPEEDUP = 1.15
+_PROBE_ROUNDS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +78,7 @@ class LoadedModel:
     word_rule: str  # "wordpiece" (## continues a word) or "sentencepiece" (▁ starts one)
     path: str
     languages: tuple[str, ...] = ()  # what the model was trained on (ISO 639-1), when its manifest says
+    precision: str = "float32"  # one of PRECISIONS
 
 
 def weights_root() -> Path:
@@ -83,19 +103,101 @@ def fast_variant_dir(path: Path | None = None) -> Path | None:
     return variant if (variant / "manifest.json").is_file() else None
 
 
-def fast_precision() -> str:
-    """``"bfloat16"`` where this CPU multiplies bfloat16 natively (x86 AVX512-BF16 or AMX), else ``"float32"``.
+def native_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 instructions (x86 AVX512-BF16 or AMX); without them it is emulated.
 
-    Without those instructions bfloat16 is emulated: on an AVX2-only CPU (AMD EPYC, 2 cores)
-    the distilled model ran 5-6x slower in bfloat16 than in float32 (see docs/benchmarks.md).
+    Emulated, the distilled model ran 5-6x slower in bfloat16 than in float32 on an AVX2-only CPU.
     """
     try:
         import torch
 
-        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (ImportError, AttributeError, RuntimeError):
-        native = False
-    return "bfloat16" if native else "float32"
+        return False
+
+
+def fast_candidates() -> tuple[str, ...]:
+    """The precisions worth timing for the fast modes here: float32, and those the CPU computes natively."""
+    from thrifty.compressors._int8 import int8_supported
+
+    return tuple(p for p, ok in zip(PRECISIONS, (True, native_bfloat16(), int8_supported()), strict=True) if ok)
+
+
+def fast_precision(model: str | os.PathLike[str] | None = None) -> str:
+    """The precision the fast and turbo modes run ``model`` (default: thrifty's weights) in on this machine.
+
+    Measured once per machine (see the module docstring): the first call loads the model in each of
+    :func:`fast_candidates` and times it, about a second for thrifty's six layers on 2 cores.
+    """
+    from thrifty.middleware.providers.local._models import machine_key, read_probe, write_probe
+
+    path = _model_path(model)
+    candidates = fast_candidates()
+    if len(candidates) == 1:
+        return candidates[0]
+    root = probe_root()
+    key = machine_key("compressor", *_identity(path))
+    probe = read_probe(root).get(key)
+    if probe is None or not set(candidates) <= probe.keys():
+        probe = _time_precisions(path, candidates)
+        write_probe(root, key, probe)
+    return _pick({p: probe[p] for p in candidates})
+
+
+def probe_root() -> Path:
+    """Where the measurement is kept: the local models' cache root (``THRIFTY_LOCAL__CACHE_DIR``, else
+    ``<user cache dir>/thrifty/models``), beside their own ``dtype-probe.json`` entries."""
+    from thrifty.middleware.providers.local._models import default_cache_root
+
+    configured = os.environ.get("THRIFTY_LOCAL__CACHE_DIR")
+    return Path(configured).expanduser() if configured else default_cache_root()
+
+
+def _pick(speeds: dict[str, float]) -> str:
+    """The precision to run: each less precise one must beat the one chosen so far by ``_MIN_SPEEDUP``."""
+    chosen = "float32"
+    for precision in PRECISIONS[1:]:
+        if precision in speeds and speeds[precision] >= speeds[chosen] * _MIN_SPEEDUP:
+            chosen = precision
+    return chosen
+
+
+def _identity(path: Path) -> tuple[str, ...]:
+    """The model's identity, cheaply: thrifty weights by their hashes (wherever they lie), others by path."""
+    manifest = path / "manifest.json"
+    if manifest.is_file():
+        data = _read_json(manifest)
+        return str(data.get("delta_sha256", "")), str(data.get("base", {}).get("sha256", ""))
+    weights = path / "model.safetensors"
+    return str(path), str(weights.stat().st_size) if weights.is_file() else ""
+
+
+def _time_precisions(path: Path, candidates: tuple[str, ...]) -> dict[str, float]:
+    """Tokens per second of one 512-token forward pass in each precision: interleaved rounds, best of each.
+
+    Models this loads only to time them are dropped again, so only the chosen one stays in memory.
+    """
+    torch, _ = _imports()
+    before = set(_models)
+    models = {p: load_model(path, precision=p) for p in candidates}
+    width = min(512, models["float32"].max_seq_len)
+    ids = torch.arange(1000, 1000 + width, dtype=torch.long).unsqueeze(0) % models["float32"].tokenizer.vocab_size
+    mask = torch.ones_like(ids)
+    speeds = dict.fromkeys(candidates, 0.0)
+    with torch.inference_mode():
+        for p in candidates:  # the first pass of each is slow whatever the precision
+            models[p].model(input_ids=ids, attention_mask=mask)
+        for _ in range(_PROBE_ROUNDS):
+            for p in candidates:
+                started = time.perf_counter()
+                models[p].model(input_ids=ids, attention_mask=mask)
+                speeds[p] = max(speeds[p], width / (time.perf_counter() - started))
+    chosen = _pick(speeds)
+    with _models_lock:
+        for p in candidates:
+            if p != chosen and (str(path), p) not in before:
+                _models.pop((str(path), p), None)
+    return speeds
 
 
 _hash_cache: dict[tuple[str, int, int], str] = {}
@@ -127,18 +229,9 @@ _models_lock = threading.Lock()
 def load_model(model: str | os.PathLike[str] | None = None, *, precision: str = "float32") -> LoadedModel:
     """The classifier in directory ``model`` (default: thrifty's shipped weights), loaded once per process.
 
-    ``precision`` is ``"float32"`` or ``"bfloat16"``.
+    ``precision`` is one of :data:`PRECISIONS`.
     """
-    if model is None:
-        path = default_model_dir()
-        if path is None:
-            raise LocalModelError(
-                f"no compressor model: thrifty's weights ({DEFAULT_WEIGHTS}) are not installed; "
-                "pass model=PATH (a thrifty weights directory or a transformers token-classification model)"
-            )
-    else:
-        path = Path(model).expanduser()
-    path = path.resolve()
+    path = _model_path(model)
     key = (str(path), precision)
     loaded = _models.get(key)
     if loaded is not None:
@@ -151,6 +244,18 @@ def load_model(model: str | os.PathLike[str] | None = None, *, precision: str = 
     return loaded
 
 
+def _model_path(model: str | os.PathLike[str] | None) -> Path:
+    if model is None:
+        path = default_model_dir()
+        if path is None:
+            raise LocalModelError(
+                f"no compressor model: thrifty's weights ({DEFAULT_WEIGHTS}) are not installed; "
+                "pass model=PATH (a thrifty weights directory or a transformers token-classification model)"
+            )
+        return path.resolve()
+    return Path(model).expanduser().resolve()
+
+
 def _imports() -> tuple[Any, Any]:
     try:
         import torch
@@ -161,6 +266,8 @@ def _imports() -> tuple[Any, Any]:
 
 
 def _load(path: Path, precision: str) -> LoadedModel:
+    if precision not in PRECISIONS:
+        raise LocalModelError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
     if not path.is_dir():
         raise LocalModelError(f"compressor model {path} is not a directory")
     torch, _ = _imports()
@@ -175,11 +282,12 @@ def _load(path: Path, precision: str) -> LoadedModel:
     model = loaded.model
     if precision == "bfloat16":
         model = model.to(torch.bfloat16)
-    elif precision != "float32":
-        raise LocalModelError(f"unknown precision {precision!r}; use float32 or bfloat16")
+    elif precision == "int8":
+        from thrifty.compressors._int8 import quantise
+
+        model = quantise(model)
     model.eval()
-    return LoadedModel(model, loaded.tokenizer, loaded.name, loaded.version, loaded.keep_label,
-                       loaded.max_seq_len, loaded.word_rule, str(path), loaded.languages)
+    return replace(loaded, model=model, path=str(path), precision=precision)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -28,7 +28,8 @@ match.
 
 It records ``ctx.savings["compression"]``: tokens of the prompt before and
 after (counted with the target model's tokenizer, an estimate for non-OpenAI
-models), and in ``detail`` the compressor, its version, the mode, the rate,
+models), and in ``detail`` the compressor, its version, the mode, the
+precision its model ran in (``float32``, ``bfloat16`` or ``int8``), the rate,
 the compression time in ms, the number of parts compressed, how many of
 them were compressed for a question (``question_aware``) and how many of
 their characters were kept byte for byte (``protected_chars``: code, numbers,
@@ -178,8 +179,9 @@ class CompressionStage(Stage):
         before = self._prompt_tokens(request, ctx, model, sum(r.tokens_before for r in results))
         first = results[0]
         ctx.savings[TECHNIQUE] = Saving(before, before - saved, detail={
-            "compressor": first.compressor, "version": first.version, "mode": first.mode, "rate": plan.rate,
-            "ms": round(ms, 3), "parts": len(results),
+            "compressor": first.compressor, "version": first.version, "mode": first.mode,
+            "precision": getattr(compressor, "precision", None), "rate": plan.rate, "ms": round(ms, 3),
+            "parts": len(results),
             "question_aware": len(questions), "protected_chars": sum(r.protected_chars for r in results)})
         return _replace_texts(request, {where: r.text for (where, _), r in zip(found, results, strict=True)})
 

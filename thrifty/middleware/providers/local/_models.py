@@ -45,7 +45,8 @@ from thrifty.middleware.providers.local._deps import torch_mod, transformers_mod
 from thrifty.middleware.providers.local.hooks import LocalModelInfo
 from thrifty.settings import LocalModelSettings
 
-__all__ = ["LoadedModel", "ModelStore", "cpu_name", "default_cache_root", "model_store"]
+__all__ = ["LoadedModel", "ModelStore", "cpu_name", "default_cache_root", "machine_key", "model_store", "read_probe",
+           "write_probe"]
 
 Dtype = Literal["float32", "bfloat16"]
 #: bfloat16 must be at least this much faster than float32 to be chosen
@@ -205,8 +206,8 @@ def _load_fastest(
 ) -> tuple[Any, Any, Dtype, dict[str, float]]:
     """Load in the dtype that decodes fastest here, measuring both once per machine."""
     tokenizer = _load_tokenizer(source, directory)
-    probe_key = _probe_key(source, directory)
-    probe = _read_probe(root).get(probe_key)
+    probe_key = machine_key(source.cache_name, str(directory))
+    probe = read_probe(root).get(probe_key)
     if probe is not None and {"float32", "bfloat16"} <= probe.keys():
         dtype = _pick(probe)
         return _load_weights(source, directory, dtype), tokenizer, dtype, probe
@@ -219,7 +220,7 @@ def _load_fastest(
     for _ in range(_PROBE_ROUNDS):
         for name, candidate in models.items():
             probe[name] = max(probe[name], _decode_speed(candidate, tokenizer))
-    _write_probe(root, probe_key, probe)
+    write_probe(root, probe_key, probe)
     dtype = _pick(probe)
     return models[dtype], tokenizer, dtype, probe
 
@@ -258,14 +259,16 @@ def cpu_name() -> str:
     return cpu
 
 
-def _probe_key(source: ModelSource, directory: Path) -> str:
+def machine_key(*parts: str) -> str:
+    """A short key for a measurement of ``parts`` (a model, say) on this CPU, torch version and thread count."""
     torch = torch_mod()
     capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "")()
-    raw = f"{source.cache_name}|{directory}|{cpu_name()}|{capability}|{torch.__version__}|{torch.get_num_threads()}"
+    raw = "|".join((*parts, cpu_name(), capability, torch.__version__, str(torch.get_num_threads())))
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def _read_probe(root: Path) -> dict[str, dict[str, float]]:
+def read_probe(root: Path) -> dict[str, dict[str, float]]:
+    """The speed measurements stored under ``root``, by :func:`machine_key` (empty when none can be read)."""
     try:
         data = json.loads((root / _PROBE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -273,11 +276,11 @@ def _read_probe(root: Path) -> dict[str, dict[str, float]]:
     return data if isinstance(data, dict) else {}
 
 
-def _write_probe(root: Path, key: str, probe: dict[str, float]) -> None:
+def write_probe(root: Path, key: str, probe: dict[str, float]) -> None:
     """Add one measurement to the probe file (written atomically; a failure only costs a re-measure)."""
     try:
         root.mkdir(parents=True, exist_ok=True)
-        data = _read_probe(root)
+        data = read_probe(root)
         data[key] = {k: round(v, 2) for k, v in probe.items()}
         fd, tmp = tempfile.mkstemp(prefix=".dtype-probe.", dir=root)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
