@@ -35,10 +35,10 @@ def probe_dir(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(("speeds", "expected"), [
-    ({"float32": 100, "bfloat16": 160, "int8": 170}, "bfloat16"),  # int8 must beat bfloat16 by 15% too
+    ({"float32": 100, "bfloat16": 160, "int8": 170}, "bfloat16"),  # int8 must beat bfloat16 by 10% too
     ({"float32": 100, "bfloat16": 60, "int8": 140}, "int8"),  # an emulated bfloat16 is passed over
-    ({"float32": 100, "bfloat16": 110, "int8": 112}, "float32"),  # a few per cent is not worth the precision
-    ({"float32": 100, "int8": 116}, "int8"),
+    ({"float32": 100, "bfloat16": 105, "int8": 108}, "float32"),  # a few per cent is not worth the precision
+    ({"float32": 100, "int8": 111}, "int8"),
     ({"float32": 100}, "float32"),
 ])
 def test_a_less_precise_runtime_must_be_clearly_faster(speeds, expected):

@@ -31,9 +31,9 @@ products in integers, :mod:`thrifty.compressors._int8`) is fastest on this
 machine: :func:`fast_precision` times each on the model itself once, interleaved,
 and stores the figures in the local models' ``dtype-probe.json`` (keyed by model,
 CPU, torch version and threads), so later processes, and so their decisions, do
-not change with the machine's load. A less precise runtime must be at least 15%
+not change with the machine's load. A less precise runtime must be at least 10%
 faster than a more precise one to be chosen. Flags alone do not tell: on one
-Xeon with AVX512-BF16 but no AMX, bfloat16 ran the model 1.5x *slower* than
+Xeon with AVX512-BF16 but no AMX, bfloat16 ran the model 1.6x *slower* than
 float32, and int8 1.3x faster (docs/benchmarks.md).
 """
 
@@ -61,8 +61,8 @@ _INSTALL_HINT = "install the compression extra: pip install 'thrifty[compress]'"
 #: Precisions a model can be loaded in, from the most precise.
 PRECISIONS = ("float32", "bfloat16", "int8")
 #: A less precise runtime is chosen for the fast modes only when it is at least this much faster.
-_MIN_SPEEDUP = 1.15
-_PROBE_ROUNDS = 3
+_MIN_SPEEDUP = 1.10
+_PROBE_ROUNDS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +127,7 @@ def fast_precision(model: str | os.PathLike[str] | None = None) -> str:
     """The precision the fast and turbo modes run ``model`` (default: thrifty's weights) in on this machine.
 
     Measured once per machine (see the module docstring): the first call loads the model in each of
-    :func:`fast_candidates` and times it, about a second for thrifty's six layers on 2 cores.
+    :func:`fast_candidates` and times it: about 5 s for thrifty's six layers on 2 cores, once.
     """
     from thrifty.middleware.providers.local._models import machine_key, read_probe, write_probe
 
@@ -167,13 +167,16 @@ def _identity(path: Path) -> tuple[str, ...]:
     manifest = path / "manifest.json"
     if manifest.is_file():
         data = _read_json(manifest)
-        return str(data.get("delta_sha256", "")), str(data.get("base", {}).get("sha256", ""))
+        base = data.get("base")
+        return str(data.get("delta_sha256", "")), str(base.get("sha256", "") if isinstance(base, dict) else "")
     weights = path / "model.safetensors"
     return str(path), str(weights.stat().st_size) if weights.is_file() else ""
 
 
 def _time_precisions(path: Path, candidates: tuple[str, ...]) -> dict[str, float]:
-    """Tokens per second of one 512-token forward pass in each precision: interleaved rounds, best of each.
+    """Tokens per second of a 512-token forward pass in each precision: the best of ``_PROBE_ROUNDS``
+    interleaved rounds, each timing the second of two passes (the pass after a switch of precision
+    runs slow: int8's by 10-15% after bfloat16's).
 
     Models this loads only to time them are dropped again, so only the chosen one stays in memory.
     """
@@ -181,17 +184,17 @@ def _time_precisions(path: Path, candidates: tuple[str, ...]) -> dict[str, float
     before = set(_models)
     models = {p: load_model(path, precision=p) for p in candidates}
     width = min(512, models["float32"].max_seq_len)
-    ids = torch.arange(1000, 1000 + width, dtype=torch.long).unsqueeze(0) % models["float32"].tokenizer.vocab_size
+    ids = (torch.arange(1000, 1000 + 2 * width, dtype=torch.long).reshape(2, width)
+           % models["float32"].tokenizer.vocab_size)
     mask = torch.ones_like(ids)
     speeds = dict.fromkeys(candidates, 0.0)
     with torch.inference_mode():
-        for p in candidates:  # the first pass of each is slow whatever the precision
-            models[p].model(input_ids=ids, attention_mask=mask)
         for _ in range(_PROBE_ROUNDS):
             for p in candidates:
+                models[p].model(input_ids=ids, attention_mask=mask)
                 started = time.perf_counter()
                 models[p].model(input_ids=ids, attention_mask=mask)
-                speeds[p] = max(speeds[p], width / (time.perf_counter() - started))
+                speeds[p] = max(speeds[p], ids.numel() / (time.perf_counter() - started))
     chosen = _pick(speeds)
     with _models_lock:
         for p in candidates:
