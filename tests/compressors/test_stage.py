@@ -176,6 +176,12 @@ def test_bad_options_are_a_400(engine, upstream):
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
             extra_body={"thrifty": {"compress": {"rat": 0.5}}})
     assert bad.value.param == "thrifty.compress.rat"
+    for loose in ("yes", "false", 1):  # true, false or options: nothing is read as a boolean
+        with pytest.raises(openai.BadRequestError, match="valid boolean") as bad:
+            oai(engine, upstream).chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                extra_body={"thrifty": {"compress": loose}})
+        assert bad.value.param == "thrifty.compress"
     with pytest.raises(openai.BadRequestError, match="regular expression"):
         oai(engine, upstream).chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],

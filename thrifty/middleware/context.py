@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, Tag, ValidationError, field_validator
 
 from thrifty.errors import InvalidRequestError, UnknownOptionError
 
@@ -66,7 +66,8 @@ class CompressOptions(BaseModel):
 
 
 _Compress = Annotated[
-    Annotated[bool, Tag("bool")] | Annotated[CompressOptions, Tag("options")],
+    # strict: "yes", "no" or 1 are not read as true or false
+    Annotated[StrictBool, Tag("bool")] | Annotated[CompressOptions, Tag("options")],
     Discriminator(lambda v: "options" if isinstance(v, dict | CompressOptions) else "bool"),
 ]
 
@@ -108,9 +109,10 @@ class ThriftyOptions(BaseModel):
         except ValidationError as exc:
             first = exc.errors()[0]
             loc = [str(p) for p in first["loc"]]
-            nested = len(loc) > 2 and loc[0] == "compress" and loc[1] in ("options", "bool")
-            if nested:  # the union's tag is not a key the caller wrote
+            tag = loc[1] if len(loc) > 1 and loc[0] == "compress" and loc[1] in ("options", "bool") else None
+            if tag is not None:  # the union's tag is not a key the caller wrote
                 del loc[1]
+            nested = tag == "options"
             where = ".".join(loc)
             if first["type"] == "extra_forbidden":
                 known = ", ".join(sorted((CompressOptions if nested else cls).model_fields))
