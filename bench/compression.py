@@ -12,6 +12,7 @@ Commands:
     .venv/bin/python bench/compression.py ceiling        # the model's least time per 1k tokens on this CPU
     .venv/bin/python bench/compression.py student-fit    # the turbo student on trained vs held-out passages
     .venv/bin/python bench/compression.py languages      # English paragraphs taken for another language
+    .venv/bin/python bench/compression.py qa-pair        # two runtimes' QA, asked where their outputs differ
 
 ``build-eval`` makes the evaluation set from held-out passages of the
 compressor's training corpus (documents that training never saw; the corpus and
@@ -62,6 +63,7 @@ import statistics
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -361,15 +363,14 @@ class _OnnxModel:
     """An ONNX Runtime session called as the compressor calls its transformers model."""
 
     def __init__(self, session: Any) -> None:
-        self.session = session
-
-    def __call__(self, input_ids: Any, attention_mask: Any) -> Any:
-        import types
-
         import torch
 
+        self.session = session
+        self._from_numpy = torch.from_numpy
+
+    def __call__(self, input_ids: Any, attention_mask: Any) -> Any:
         feeds = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
-        return types.SimpleNamespace(logits=torch.from_numpy(self.session.run(None, feeds)[0]))
+        return types.SimpleNamespace(logits=self._from_numpy(self.session.run(None, feeds)[0]))
 
 
 def onnx_compressor() -> Any:
@@ -998,6 +999,46 @@ def student_fit(args: argparse.Namespace) -> None:
     write_results(out, args.results, "compression_student_fit.json")
 
 
+def qa_pair(args: argparse.Namespace) -> None:
+    """QA accuracy of two compressors against each other, asked only where they differ.
+
+    Greedy decoding answers the same context the same way, so the two can differ in accuracy only on the
+    passages they compress differently: the reader answers those, under both, and the difference there
+    over all the passages is the difference the whole set would show, at a fraction of the reader's time.
+    """
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rows = read_set(args.set, args.limit)
+    names = args.methods.split(",")
+    if len(names) != 2:
+        raise SystemExit("qa-pair compares two methods: --methods A,B")
+    tmp = Path(tempfile.mkdtemp(prefix="thrifty-bench-compression-"))
+    try:
+        with tiktoken_cache():
+            methods, _, notes = load_methods(names, args.seed, tmp)
+            if notes:
+                raise SystemExit(f"cannot run: {notes}")
+            texts = {name: {rate: [methods[name](r["passage"], rate, r["question"]) for r in rows]
+                            for rate in args.rates} for name in names}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ask = AnswerCache(LocalLM(args.qa_model))
+    out: dict[str, Any] = {"machine": machine(), "qa_model": args.qa_model, "qa_dtype": ask.lm.dtype,
+                           "questions": len(rows), "methods": names, "rates": {}}
+    for rate in args.rates:
+        a, b = (texts[name][rate] for name in names)
+        differ = [i for i in range(len(rows)) if a[i] != b[i]]
+        right = {name: sum(contains(ask(texts[name][rate][i], rows[i]["question"]), rows[i]["answer"])
+                           for i in differ) for name in names}
+        out["rates"][str(rate)] = {"compressed_differently": len(differ), "correct_there": right,
+                                   "accuracy_difference": round((right[names[1]] - right[names[0]]) / len(rows), 4)}
+        print(f"rate {rate}: {len(differ)} of {len(rows)} passages compressed differently; correct there: "
+              + ", ".join(f"{n} {c}" for n, c in right.items())
+              + f"; {names[1]} minus {names[0]} over all: {out['rates'][str(rate)]['accuracy_difference']:+.3f}")
+    write_results(out, args.results, f"compression_qa_pair_{args.qa_model}.json")
+
+
 def languages(args: argparse.Namespace) -> None:
     """English paragraphs taken for another language (and so kept whole) by thrifty's English model: those of
     the training corpus's held-out and training passages and of the evaluation set. There should be none."""
@@ -1079,6 +1120,16 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--seed", type=int, default=1)
     f.add_argument("--threads", type=int, default=2)
     f.add_argument("--results", default="", help="the results file (default: compression_student_fit.json)")
+    q = sub.add_parser("qa-pair", help="QA of two methods, asked only on the passages they compress differently")
+    q.add_argument("--methods", default="thrifty-exact,thrifty-fast")
+    q.add_argument("--qa-model", default="qwen-1.5b", choices=sorted(bench_models.MODELS))
+    q.add_argument("--set", choices=("eval", "dev"), default="eval")
+    q.add_argument("--limit", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--threads", type=int, default=2)
+    q.add_argument("--rates", type=lambda v: tuple(float(x) for x in v.split(",")), default=RATES,
+                   help="comma-separated keep rates (default: 0.5,0.33)")
+    q.add_argument("--results", default="", help="the results file (default: compression_qa_pair_<model>.json)")
     g = sub.add_parser("languages", help="English paragraphs taken for another language (there should be none)")
     g.add_argument("--results", default="", help="the results file (default: compression_languages.json)")
     r = sub.add_parser("run", help="run the benchmark")
@@ -1116,6 +1167,8 @@ def main(argv: list[str] | None = None) -> None:
         student_fit(args)
     elif args.command == "languages":
         languages(args)
+    elif args.command == "qa-pair":
+        qa_pair(args)
     else:
         run(args)
 

@@ -62,7 +62,8 @@ _INSTALL_HINT = "install the compression extra: pip install 'thrifty[compress]'"
 PRECISIONS = ("float32", "bfloat16", "int8")
 #: A less precise runtime is chosen for the fast modes only when it is at least this much faster.
 _MIN_SPEEDUP = 1.10
-_PROBE_ROUNDS = 5
+_PROBE_ROUNDS = 5  # at most; at least two, and no more once _PROBE_BUDGET_S has passed (a large model)
+_PROBE_BUDGET_S = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,9 +175,9 @@ def _identity(path: Path) -> tuple[str, ...]:
 
 
 def _time_precisions(path: Path, candidates: tuple[str, ...]) -> dict[str, float]:
-    """Tokens per second of a 512-token forward pass in each precision: the best of ``_PROBE_ROUNDS``
-    interleaved rounds, each timing the second of two passes (the pass after a switch of precision
-    runs slow: int8's by 10-15% after bfloat16's).
+    """Tokens per second of a forward pass over two 512-token windows in each precision: the best of
+    two to ``_PROBE_ROUNDS`` interleaved rounds, each timing the second of two passes (the pass after a
+    switch of precision runs slow: int8's by 10-15% after bfloat16's).
 
     Models this loads only to time them are dropped again, so only the chosen one stays in memory.
     """
@@ -188,8 +189,11 @@ def _time_precisions(path: Path, candidates: tuple[str, ...]) -> dict[str, float
            % models["float32"].tokenizer.vocab_size)
     mask = torch.ones_like(ids)
     speeds = dict.fromkeys(candidates, 0.0)
+    started_all = time.perf_counter()
     with torch.inference_mode():
-        for _ in range(_PROBE_ROUNDS):
+        for done in range(_PROBE_ROUNDS):
+            if done >= 2 and time.perf_counter() - started_all > _PROBE_BUDGET_S:
+                break
             for p in candidates:
                 models[p].model(input_ids=ids, attention_mask=mask)
                 started = time.perf_counter()
