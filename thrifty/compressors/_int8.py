@@ -10,7 +10,7 @@ A scale per token, not one for the whole batch, is what keeps the decisions: the
 few tokens of outsized activations ([CLS], [SEP], some punctuation) no longer set the
 resolution of every other token. On thrifty's weights this agrees with the float32 model on
 99.3% of keep decisions; the same layers quantised with one scale per batch
-(``torch.ao``'s dynamic quantisation) agree on 94-95% (docs/benchmarks.md).
+(``torch.ao``'s dynamic quantisation) agree on 93.8-94.5% (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -76,9 +76,9 @@ def quantise(model: Any) -> Any:
 
     The query, key and value layers of each attention block read the same tensor and round it once.
     """
+    together = ("query", "key", "value")
     for module in list(model.base_model.modules()):
         children = dict(module.named_children())
-        together = ("query", "key", "value")
         shared = _Shared(len(together)) if set(together) <= children.keys() else None
         for name, child in children.items():
             if isinstance(child, torch.nn.Linear):

@@ -119,8 +119,10 @@ def native_bfloat16() -> bool:
 
 def fast_candidates() -> tuple[str, ...]:
     """The precisions worth timing for the fast modes here: float32, and those the CPU computes natively."""
-    from thrifty.compressors._int8 import int8_supported
-
+    try:
+        from thrifty.compressors._int8 import int8_supported
+    except ImportError:  # no torch: loading the model will say what to install
+        return ("float32",)
     return tuple(p for p, ok in zip(PRECISIONS, (True, native_bfloat16(), int8_supported()), strict=True) if ok)
 
 
