@@ -57,6 +57,13 @@ def test_candidates_are_those_the_cpu_computes_natively(monkeypatch):
     assert not native_bfloat16() and fast_candidates() == ("float32",)
 
 
+def test_without_torch_the_only_candidate_is_float32(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "thrifty.compressors._int8", None)  # import fails, as without torch
+    assert fast_candidates() == ("float32",)
+
+
 def test_the_choice_is_measured_once_and_kept(weights, probe_dir, monkeypatch):
     chosen = fast_precision(weights)
     stored = json.loads((probe_dir / "dtype-probe.json").read_text())
