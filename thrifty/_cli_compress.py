@@ -19,7 +19,7 @@ _SKIPPED = {"empty": "no text", "rate": "rate 1", "short": "too short to compres
 @click.option("--rate", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
               help="Share of the compressible tokens to keep.")
 @click.option("--mode", type=click.Choice(["fast", "exact", "turbo"]), default="fast", show_default=True,
-              help="fast: the model in bfloat16 where the CPU has it natively (else as exact); "
+              help="fast: the model in whichever of float32, bfloat16 and int8 is fastest here (measured once); "
                    "exact: the model in float32, llmlingua's decisions; "
                    "turbo: a distilled shallower model, faster again, for a few points of accuracy.")
 @click.option("--model", "model", type=click.Path(exists=True, file_okay=False), default=None,
@@ -109,6 +109,6 @@ def compress(file: str, rate: float, mode: str, model: str | None, force_keep: t
             kept += f", unchanged: {_SKIPPED.get(result.skipped, result.skipped)}"
         click.echo(
             f"{name}: {result.tokens_before} -> {result.tokens_after} tokens "
-            f"({kept}, {result.mode}, {(time.perf_counter() - started):.2f} s)",
+            f"({kept}, {result.mode} in {compressor.precision}, {(time.perf_counter() - started):.2f} s)",
             err=True,
         )

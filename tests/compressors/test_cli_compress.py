@@ -46,6 +46,7 @@ def test_the_summary_says_what_was_protected(tmp_path):
     result = run("-", "--model", str(english), "--mode", "exact", input=f"{PASSAGE}\n\n{GERMAN}".encode())
     assert result.exit_code == 0 and GERMAN.encode() in result.stdout_bytes
     assert f"{len(GERMAN):,} characters protected" in result.stderr and "unchanged" not in result.stderr
+    assert "exact in float32" in result.stderr  # the mode, and the precision its model ran in
     alone = run("-", "--model", str(english), "--mode", "exact", input=GERMAN.encode())
     assert alone.stdout_bytes == GERMAN.encode() and "unchanged: nothing in it may be dropped" in alone.stderr
 

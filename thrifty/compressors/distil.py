@@ -15,7 +15,8 @@ shipped as the student's delta over the same base package.
 
 The turbo mode runs the student when the teacher's manifest names it
 (``"fast_variant"``, written when the student is written beside the teacher,
-not for an ``--out`` elsewhere), in bfloat16 where the CPU computes it natively;
+not for an ``--out`` elsewhere), in the precision measured fastest for it
+(:func:`thrifty.compressors.model.fast_precision`);
 ``bench/compression.py`` measures its keep-decision agreement with the exact
 mode and its QA accuracy.
 """
