@@ -134,6 +134,10 @@ class CompressionSettings(BaseModel):
     enabled: bool = Field(default=False, description="compress every call's eligible text, not only those that ask")
     compressor: str = Field(default="llmlingua2", description="a registered compressor")
     mode: Literal["fast", "exact", "turbo"] = "fast"
+    precision: Literal["auto", "float32", "bfloat16", "int8"] = Field(
+        default="auto",
+        description="what the fast and turbo modes run in (auto: the fastest, measured once per machine); "
+        "pin it so that machines of different kinds compress alike")
     model: Path | None = Field(default=None, description="weights directory; default: thrifty's shipped weights")
     rate: float = Field(default=0.5, gt=0, le=1, description="share of the compressible tokens to keep")
     min_tokens: int = Field(default=256, ge=0, description="text parts shorter than this (break-even) are left alone")

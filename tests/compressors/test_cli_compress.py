@@ -47,6 +47,8 @@ def test_the_summary_says_what_was_protected(tmp_path):
     assert result.exit_code == 0 and GERMAN.encode() in result.stdout_bytes
     assert f"{len(GERMAN):,} characters protected" in result.stderr and "unchanged" not in result.stderr
     assert "exact in float32" in result.stderr  # the mode, and the precision its model ran in
+    pinned = run("-", "--model", str(english), "--precision", "int8", input=PASSAGE.encode())
+    assert pinned.exit_code == 0 and "fast in int8" in pinned.stderr
     alone = run("-", "--model", str(english), "--mode", "exact", input=GERMAN.encode())
     assert alone.stdout_bytes == GERMAN.encode() and "unchanged: nothing in it may be dropped" in alone.stderr
 

@@ -219,6 +219,8 @@ def test_public_function_and_registry(weights):
     register_compressor("upper", lambda mode, model: Upper())
     assert "upper" in compressor_names() and "llmlingua2" in compressor_names()
     assert load_compressor("upper").compress("abc").text == "ABC"
+    with pytest.raises(InvalidRequestError, match="'upper' cannot be pinned to a precision"):
+        load_compressor("upper", precision="int8")  # its loader takes (mode, model) only
     with pytest.raises(InvalidRequestError, match="unknown compressor"):
         load_compressor("nope")
 

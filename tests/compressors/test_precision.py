@@ -82,6 +82,26 @@ def test_the_choice_is_measured_once_and_kept(weights, probe_dir, monkeypatch):
     assert fast.precision == fast._m.precision in PRECISIONS
 
 
+def test_a_pinned_precision_is_used_as_given_and_measures_nothing(weights, probe_dir, monkeypatch):
+    from thrifty.compressors import load_compressor
+    from thrifty.errors import InvalidRequestError
+
+    def no_timing(*args):
+        raise AssertionError("timed")
+
+    monkeypatch.setattr(model, "_time_precisions", no_timing)
+    for precision in PRECISIONS:
+        for mode in ("fast", "turbo"):
+            assert Compressor.load(mode, str(weights), precision=precision).precision == precision
+    assert Compressor.load("exact", str(weights), precision="int8").precision == "float32"  # exact is exact
+    pinned = load_compressor(mode="fast", model=str(weights), precision="int8")
+    assert pinned.precision == "int8" and pinned is load_compressor(mode="fast", model=str(weights), precision="int8")
+    assert not (probe_dir / "dtype-probe.json").exists()
+    with pytest.raises(InvalidRequestError, match="auto, float32, bfloat16, int8") as bad:
+        Compressor.load("fast", str(weights), precision="float16")
+    assert bad.value.param == "precision"
+
+
 def test_one_candidate_needs_no_measurement(weights, probe_dir, monkeypatch):
     monkeypatch.setattr(model, "fast_candidates", lambda: ("float32",))
     assert fast_precision(weights) == "float32"

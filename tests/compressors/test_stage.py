@@ -164,6 +164,19 @@ def test_fail_closed_fails_the_call(tmp_path, upstream):
         eng.close()
 
 
+def test_a_pinned_precision_reaches_the_ledger(tmp_path, upstream, weights):
+    eng = _engine(tmp_path, upstream, weights, precision="int8")
+    try:
+        oai(eng, upstream).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": LONG}],
+            extra_body={"thrifty": {"compress": {"rate": 0.5, "min_tokens": 50}}})
+        [row] = savings(eng)
+        detail = row["detail"] if isinstance(row["detail"], dict) else json.loads(row["detail"])
+        assert detail["precision"] == "int8" and row["tokens_after"] < row["tokens_before"]
+    finally:
+        eng.close()
+
+
 def test_bad_options_are_a_400(engine, upstream):
     with pytest.raises(openai.BadRequestError, match="compress") as bad:
         oai(engine, upstream).chat.completions.create(

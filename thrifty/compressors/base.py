@@ -11,6 +11,7 @@ builds each (name, mode, model) once per process, under a lock.
 from __future__ import annotations
 
 import importlib
+import inspect
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -87,15 +88,18 @@ class TextCompressor(Protocol):
     ) -> CompressResult: ...
 
 
-Loader = Callable[[str, str | None], TextCompressor]
+Loader = Callable[..., TextCompressor]  # (mode, model), and precision= when one is pinned
 
 _registry: dict[str, Loader | str] = {"llmlingua2": "thrifty.compressors.lingua:Compressor.load"}
-_instances: dict[tuple[str, str, str | None], TextCompressor] = {}
+_instances: dict[tuple[str, str, str | None, str], TextCompressor] = {}
 _lock = threading.Lock()
 
 
 def register_compressor(name: str, loader: Loader | str) -> None:
-    """Make ``name`` a compressor: ``loader(mode, model)`` builds it (or ``"module:attr"`` naming the loader)."""
+    """Make ``name`` a compressor: ``loader(mode, model)`` builds it (or ``"module:attr"`` naming the loader).
+
+    A loader that takes ``precision=`` as well can be pinned to one (see :func:`load_compressor`).
+    """
     with _lock:
         _registry[name] = loader
         for key in [k for k in _instances if k[0] == name]:
@@ -116,9 +120,15 @@ def _resolve(loader: Loader | str) -> Loader:
     return obj  # type: ignore[no-any-return]
 
 
-def load_compressor(name: str = "llmlingua2", *, mode: str = "fast", model: str | None = None) -> TextCompressor:
-    """The compressor ``name`` in ``mode`` with ``model``, built once per process."""
-    key = (name, mode, None if model is None else str(model))
+def load_compressor(name: str = "llmlingua2", *, mode: str = "fast", model: str | None = None,
+                    precision: str = "auto") -> TextCompressor:
+    """The compressor ``name`` in ``mode`` with ``model``, built once per process.
+
+    ``precision`` other than ``"auto"`` pins what the fast and turbo modes run in (for llmlingua2:
+    ``float32``, ``bfloat16`` or ``int8``) instead of the one measured fastest on this machine, so
+    machines of different kinds compress alike; it is passed to the loader only when pinned.
+    """
+    key = (name, mode, None if model is None else str(model), precision)
     found = _instances.get(key)
     if found is not None:
         return found
@@ -130,7 +140,16 @@ def load_compressor(name: str = "llmlingua2", *, mode: str = "fast", model: str 
     with _lock:
         found = _instances.get(key)
         if found is None:
-            found = _resolve(loader)(mode, model)
+            build = _resolve(loader)
+            if precision == "auto":
+                found = build(mode, model)
+            else:
+                try:
+                    inspect.signature(build).bind(mode, model, precision=precision)
+                except TypeError:
+                    raise InvalidRequestError(f"compressor {name!r} cannot be pinned to a precision",
+                                              param="precision") from None
+                found = build(mode, model, precision=precision)
             _instances[key] = found
     return found
 
@@ -148,6 +167,7 @@ def compress(
     target: str = "gpt-4o",
     progress: Progress | None = None,
     question: str | None = None,
+    precision: str = "auto",
 ) -> CompressResult:
     """Compress ``text`` to about ``rate`` of its tokens, keeping protected spans byte-for-byte.
 
@@ -158,12 +178,13 @@ def compress(
     native bfloat16 or int8),
     ``"exact"`` (full precision, the same keep decisions as ``llmlingua``'s
     LLMLingua-2 path) or ``"turbo"`` (the distilled shallower model where one
-    ships: faster again, for a few points of accuracy). ``model`` is a weights directory (default:
+    ships: faster again, for a few points of accuracy); ``precision`` pins the fast and turbo
+    modes' precision instead (see :func:`load_compressor`). ``model`` is a weights directory (default:
     thrifty's shipped weights). Token counts use ``target``'s tokenizer. ``question``, the
     question the text is context for, keeps the sentences relevant to it (compressors
     that take no question are called without it).
     """
-    impl = load_compressor(compressor, mode=mode, model=model)
+    impl = load_compressor(compressor, mode=mode, model=model, precision=precision)
     extra = {} if question is None else {"question": question}
     return impl.compress(text, rate, force_keep=force_keep, patterns=patterns, protect=protect,
                          target=target, progress=progress, **extra)

@@ -114,7 +114,7 @@ from thrifty.compressors._scripts import (
     is_spaceless,
 )
 from thrifty.compressors.base import CompressResult, Progress
-from thrifty.compressors.model import LoadedModel, fast_precision, fast_variant_dir, load_model
+from thrifty.compressors.model import PRECISIONS, LoadedModel, fast_precision, fast_variant_dir, load_model
 from thrifty.compressors.protect import merge_spans, protected_spans
 from thrifty.compressors.question import sentence_relevance
 from thrifty.errors import InvalidRequestError
@@ -189,15 +189,26 @@ class Compressor:
         self._prepare_vocab()
 
     @classmethod
-    def load(cls, mode: str = "fast", model: str | None = None) -> Compressor:
+    def load(cls, mode: str = "fast", model: str | None = None, precision: str = "auto") -> Compressor:
         """A compressor in ``mode`` (``"fast"``, ``"exact"`` or ``"turbo"``) on ``model`` (default: thrifty's
-        weights; in turbo mode the student distilled from them, where their manifest names one)."""
+        weights; in turbo mode the student distilled from them, where their manifest names one).
+
+        The exact mode runs in float32; the fast and turbo modes in ``precision``, where it is one of
+        :data:`~thrifty.compressors.model.PRECISIONS`, else (``"auto"``) in the one measured fastest here.
+        """
         if mode not in MODES:
             raise InvalidRequestError(f"unknown compression mode {mode!r}; use fast, exact or turbo", param="mode")
+        if precision != "auto" and precision not in PRECISIONS:
+            raise InvalidRequestError(f"unknown precision {precision!r}; use auto, {', '.join(PRECISIONS)}",
+                                      param="precision")
         if mode == "turbo":  # the student distilled from the model, where its manifest names one
             student = fast_variant_dir(Path(model) if model is not None else None)
             model = str(student) if student is not None else model
-        return cls(load_model(model, precision="float32" if mode == "exact" else fast_precision(model)), mode)
+        if mode == "exact":
+            precision = "float32"
+        elif precision == "auto":
+            precision = fast_precision(model)
+        return cls(load_model(model, precision=precision), mode)
 
     # ------------------------------------------------------------ vocabulary tables
 

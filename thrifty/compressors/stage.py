@@ -155,7 +155,7 @@ class CompressionStage(Stage):
             from thrifty.compressors.base import load_compressor
 
             compressor = load_compressor(s.compressor, mode=plan.mode,
-                                         model=None if s.model is None else str(s.model))
+                                         model=None if s.model is None else str(s.model), precision=s.precision)
             extra = {name: value for name, value in (("sentence_weight", plan.sentence_weight),
                                                      ("relation_weight", plan.relation_weight))
                      if value is not None}
