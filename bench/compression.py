@@ -1065,6 +1065,11 @@ def write_results(out: dict[str, Any], given: str, name: str) -> None:
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
+def keep_rates(value: str) -> tuple[float, ...]:
+    """``--rates``: comma-separated keep rates."""
+    return tuple(float(x) for x in value.split(","))
+
+
 def _timed(fn: Callable[[], Any], calls: int = 10) -> float:
     """Seconds per call of ``fn``, over ``calls`` calls after one warm-up."""
     fn()
@@ -1100,7 +1105,7 @@ def main(argv: list[str] | None = None) -> None:
         if name == "questions":
             w.add_argument("--rate", type=float, default=0.5)
         else:
-            w.add_argument("--rates", type=lambda v: tuple(float(x) for x in v.split(",")), default=(0.5,),
+            w.add_argument("--rates", type=keep_rates, default=(0.5,),
                            help="comma-separated keep rates (default: 0.5)")
         w.add_argument("--limit", type=int, default=0)
         w.add_argument("--qa-limit", type=int, default=120)
@@ -1127,7 +1132,7 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--limit", type=int, default=0)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--threads", type=int, default=2)
-    q.add_argument("--rates", type=lambda v: tuple(float(x) for x in v.split(",")), default=RATES,
+    q.add_argument("--rates", type=keep_rates, default=RATES,
                    help="comma-separated keep rates (default: 0.5,0.33)")
     q.add_argument("--results", default="", help="the results file (default: compression_qa_pair_<model>.json)")
     g = sub.add_parser("languages", help="English paragraphs taken for another language (there should be none)")
@@ -1142,7 +1147,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--qa-limit", type=int, default=40, help="questions the QA model answers (0: no QA)")
     r.add_argument("--qa-methods", default="",
                    help="comma-separated methods to run QA on, 'original' for the uncompressed passages (default: all)")
-    r.add_argument("--rates", type=lambda v: tuple(float(x) for x in v.split(",")), default=RATES,
+    r.add_argument("--rates", type=keep_rates, default=RATES,
                    help="comma-separated keep rates (default: 0.5,0.33)")
     r.add_argument("--no-speed", action="store_true")
     r.add_argument("--methods", default="", help=f"comma-separated, from {','.join(ALL_METHODS)} (default: all)")

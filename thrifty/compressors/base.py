@@ -4,8 +4,9 @@ A compressor is anything with ``name``, ``version``, ``mode`` and
 ``compress(text, rate=..., ...) -> CompressResult``. Compressors are
 registered by name with a loader ``(mode, model) -> compressor``, given as a
 callable or as an ``"module:attribute"`` string imported on first use; the
-built-in ``llmlingua2`` is registered the same way. :func:`load_compressor`
-builds each (name, mode, model) once per process, under a lock.
+built-in ``llmlingua2`` is registered the same way; a loader that also takes
+``precision=`` can be pinned to one. :func:`load_compressor` builds each
+(name, mode, model, precision) once per process, under a lock.
 """
 
 from __future__ import annotations
