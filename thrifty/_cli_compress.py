@@ -11,7 +11,8 @@ import click
 _PROGRESS_FROM = 4_000  # model tokens; smaller inputs finish before a bar would help
 #: Why a text came back unchanged (``CompressResult.skipped``), for the summary line.
 _SKIPPED = {"empty": "no text", "rate": "rate 1", "short": "too short to compress",
-            "protected": "nothing in it may be dropped"}
+            "protected": "nothing in it may be dropped",
+            "language": "written in a language the model was not trained on"}
 
 
 @click.command("compress")
@@ -107,6 +108,8 @@ def compress(file: str, rate: float, mode: str, model: str | None, precision: st
         kept = f"{result.achieved_rate:.0%} kept"
         if result.protected_chars:
             kept += f", {result.protected_chars:,} characters protected"
+            if result.foreign_chars:
+                kept += f" ({result.foreign_chars:,} in another language)"
         if result.skipped is not None:
             kept += f", unchanged: {_SKIPPED.get(result.skipped, result.skipped)}"
         click.echo(

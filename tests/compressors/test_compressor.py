@@ -125,10 +125,15 @@ def test_an_english_model_keeps_paragraphs_in_other_languages_whole(tmp_path, ex
     out = english.compress(text, 0.4)
     assert GERMAN in out.text and RUSSIAN in out.text and SPANISH in out.text  # byte for byte
     assert out.protected_chars >= len(GERMAN) + len(RUSSIAN) + len(SPANISH)
+    assert out.foreign_chars == len(GERMAN) + len(RUSSIAN) + len(SPANISH)
     assert out.tokens_after < out.tokens_before and PASSAGE.strip() not in out.text  # the English is compressed,
     assert "mitten im Englischen." not in out.text  # with the German sentence inside an English paragraph
     alone = english.compress(GERMAN, 0.4)
-    assert alone.text == GERMAN and alone.skipped == "protected" and alone.protected_chars == len(GERMAN)
+    assert alone.text == GERMAN and alone.skipped == "language"
+    assert alone.protected_chars == alone.foreign_chars == len(GERMAN)
+    # a German paragraph beside a code block: nothing may be dropped, but not all of it is German
+    mixed = english.compress(f"{GERMAN}\n\n```\nprint('hello world, how are you today')\n```", 0.4)
+    assert mixed.skipped == "protected" and mixed.foreign_chars == len(GERMAN)
     # nothing of the kind without the manifest's languages (as llmlingua), without protection, or in the
     # keep decisions, which protect nothing unless asked
     assert GERMAN not in exact.compress(text, 0.4).text
@@ -154,10 +159,46 @@ def test_no_english_passage_of_the_evaluation_set_is_taken_for_another_language(
     assert len(passages) == 120
     for text in passages:
         assert english.foreign_paragraphs(text) == []
-    for text in (GERMAN, RUSSIAN, SPANISH, POLISH):  # Polish has no stop-word list: English's cover none of it
+    for text in (GERMAN, RUSSIAN, SPANISH, POLISH):
         assert english.foreign_paragraphs(text) == [(0, len(text))]
     assert english.foreign_paragraphs(POLISH[:120]) == []  # too short to tell
     assert english.foreign_paragraphs(f"{PASSAGE}\n\n{GERMAN}") == [(len(PASSAGE) + 2, len(PASSAGE) + 2 + len(GERMAN))]
+
+
+#: One sentence of 16-19 words in each language with a stop-word list of its own beyond the Romance and
+#: Germanic six, too short for the rule that needs 20 words and no English.
+SHORT = {
+    "pl": "Nowa wersja systemu jest szybsza, ale wymaga więcej pamięci, więc nie można jej uruchomić na starszych "
+          "serwerach.",
+    "cs": "Nová verze systému je rychlejší, ale potřebuje více paměti, takže ji nelze spustit na starších serverech.",
+    "sv": "Den nya versionen av systemet är snabbare, men den kräver mer minne och kan inte köras på äldre servrar.",
+    "da": "Den nye version af systemet er hurtigere, men den kræver mere hukommelse og kan ikke køre på ældre "
+          "servere.",
+    "nb": "Den nye versjonen av systemet er raskere, men den krever mer minne og kan ikke kjøres på eldre servere.",
+    "fi": "Järjestelmän uusi versio on nopeampi, mutta se vaatii enemmän muistia, joten sitä ei voi ajaa vanhoilla "
+          "palvelimilla.",
+    "tr": "Sistemin yeni sürümü daha hızlı, ama daha çok bellek istiyor ve bu yüzden eski sunucularda çalışmıyor.",
+    "id": "Versi baru dari sistem ini lebih cepat, tetapi membutuhkan lebih banyak memori sehingga tidak bisa "
+          "berjalan di server lama.",
+    "ro": "Noua versiune este mai rapidă, dar are nevoie de mai multă memorie și nu poate rula pe servere vechi.",
+    "hu": "A rendszer új verziója gyorsabb, de több memóriát igényel, ezért nem lehet régi szervereken futtatni, "
+          "mert kevés a hely.",
+}
+
+
+def test_short_paragraphs_in_languages_with_a_list_are_told(tmp_path):
+    # the stop words are looked up by their whole pieces: most of these are split by an English vocabulary
+    from tests.compressors.weights_support import make_weights
+    from thrifty.compressors.lingua import Compressor
+
+    english = Compressor.load("exact", str(make_weights(tmp_path / "en", languages=["en"])))
+    for language, text in SHORT.items():
+        assert 16 <= len(text.split()) < 20, language
+        assert english.foreign_paragraphs(text) == [(0, len(text))], language
+        out = english.compress(f"{PASSAGE}\n\n{text}", 0.4)
+        assert text in out.text and out.foreign_chars == len(text), language
+    same = "The new version of the system is faster, but it needs more memory and cannot run on older servers."
+    assert english.foreign_paragraphs(same) == []
 
 
 def test_malformed_unicode_survives(exact):

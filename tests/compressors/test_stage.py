@@ -78,7 +78,7 @@ def test_wrapper_compresses_user_text_and_records_the_saving(engine, upstream):
     assert detail["compressor"] == "llmlingua2" and detail["version"] == "test-random-head@0"
     assert detail["mode"] == "fast" and detail["rate"] == 0.5 and detail["ms"] > 0 and detail["parts"] == 1
     assert detail["precision"] in ("float32", "bfloat16", "int8")  # what fast_precision measured fastest here
-    assert detail["protected_chars"] == 0  # nothing in the passage is code, a number or a URL
+    assert detail["protected_chars"] == detail["foreign_chars"] == 0  # no code, number, URL or other language
 
 
 def test_short_prompts_and_calls_that_do_not_ask_are_untouched(engine, upstream):

@@ -8,17 +8,19 @@ and dropped the second. So with such a model, a paragraph that is clearly in
 another language is kept whole, as text in scripts written without spaces is.
 
 The test is the classic one by stop words, on the words the compressor has
-already tokenized: a paragraph of at least :data:`MIN_WORDS` words whose
-words are mostly in a script other than Latin is in none of the languages
-below; otherwise it is in another language when some other list of
-:data:`STOP_WORDS` covers at least :data:`MIN_SHARE` of its words and
-:data:`MARGIN` times the share the model's own languages' lists cover, or,
-for a language without a list here (Polish, Swedish, Turkish...), when it
-has at least :data:`SPARSE_WORDS` words and the model's own lists cover less
-than :data:`SPARSE_SHARE` of them. A shorter paragraph, or one that no list covers that well
+already tokenized (each stop word matched by its whole sequence of pieces,
+so that words an English vocabulary splits, "już" or "için", count): a
+paragraph of at least :data:`MIN_WORDS` words whose words are mostly in a
+script other than Latin is in none of the languages below; otherwise it is
+in another language when some other list of :data:`STOP_WORDS` (seventeen
+languages) covers at least :data:`MIN_SHARE` of its words and :data:`MARGIN`
+times the share the model's own languages' lists cover, or, for a language
+without a list here (Estonian, Latvian, Vietnamese...), when it has at least
+:data:`SPARSE_WORDS` words and the model's own lists cover less than
+:data:`SPARSE_SHARE` of them. A shorter paragraph, or one that no list covers that well
 (lists of names, identifiers, headings), is left undecided and compressed as
 before: a wrong "foreign" only costs the saving on that paragraph, a wrong
-"undecided" is what happened before. Of 9,787 English paragraphs (the
+"undecided" is what happened before. Of 9,739 English paragraphs (the
 training corpus's held-out and training passages and the evaluation set:
 ``bench/compression.py languages``), five are kept whole: a "lorem ipsum"
 (which is Latin), two lists of Tk option names and, twice, a terse paragraph
@@ -37,7 +39,7 @@ nothing.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -61,6 +63,23 @@ STOP_WORDS: dict[str, str] = {
           "também pelo pela seu sua",
     "nl": "de het een en van is dat op te zijn met voor niet aan er die ook als bij door maar om wordt dan "
           "naar uit werd heeft in",
+    # languages the model is never trained on here, listed so that short paragraphs of them are told too;
+    # words that are common English after accents are stripped ("for", "men", "till", "care", "volt") are out
+    "pl": "nie się jest że na jak po tak jego od przez dla czy już lub oraz są był była było będzie może "
+          "tylko także jednak który która które przy tym",
+    "cs": "je se na že ve za jsou jako tak podle když také jen už nebo jeho bylo byl může být které který "
+          "která aby při jsem si ji jí než mezi již však jsme pouze",
+    "sv": "och att det som en på är av med den har inte om ett jag sig kan de så efter eller när",
+    "da": "og det som er af med ikke den har jeg et på sig om kan vil fra blev eller også",
+    "nb": "og ikke det som er av med jeg har den om ble seg kan vil fra eller også når etter",
+    "fi": "ja ei se että oli kun mutta myös joka ovat tai niin kuin jos hän sen tämä ole olla voi sitä joten "
+          "kanssa sekä siitä jotka koska nyt",
+    "tr": "ve bir bu da için ile olarak daha çok gibi kadar ama olan ne değil sonra şey ya veya",
+    "id": "yang dan di ini itu dengan untuk tidak dari dalam akan pada juga ke karena ada oleh sudah saya "
+          "mereka bisa atau",
+    "ro": "și de la cu pe nu este mai din pentru sau sunt fost au ce fi să prin",
+    "hu": "az és hogy nem egy van meg ez azt ki már csak mert vagy még kell ezért után pedig lesz nagyon sok "
+          "több amely amit aki között így",
 }
 
 #: Fewest letter words in a paragraph for a decision.
@@ -75,6 +94,8 @@ MARGIN = 4.0
 #: Turkish, Indonesian...): English prose covers 12% or more in 99 paragraphs of 100.
 SPARSE_SHARE = 0.03
 SPARSE_WORDS = 20
+#: Most pieces of a stop word as the tokenizer splits it.
+_MAX_PIECES = 3
 
 #: Where one paragraph ends and the next begins: a line with nothing but spaces on it.
 PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
@@ -83,30 +104,52 @@ PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
 class ParagraphLanguages:
     """Finds the paragraphs of a text in none of a model's languages, from its tokenized words.
 
-    ``vocab`` maps the model's pieces to ids and ``normalise`` is its tokenizer's normaliser (lower case,
-    accents stripped, for an uncased model). Build one per loaded model; :meth:`foreign` is vectorised.
+    ``encode`` gives the model's piece ids of one word (its tokenizer, normaliser included), ``size`` the
+    size of its vocabulary. A stop word is looked up by its whole piece sequence, so words the tokenizer
+    splits ("już" is "ju" "##z" to an English vocabulary) count as well; a word of more than
+    :data:`_MAX_PIECES` pieces is no stop word. Build one per loaded model; :meth:`foreign` is vectorised.
     """
 
-    def __init__(self, languages: frozenset[str], vocab: dict[str, int], normalise: Callable[[str], str]) -> None:
+    def __init__(self, languages: frozenset[str], encode: Callable[[str], Sequence[int]], size: int) -> None:
         names = sorted(STOP_WORDS)
         self.active = bool(languages) and languages <= set(names)
-        size = max(vocab.values()) + 1 if vocab else 0
-        self._bits = np.zeros(size, dtype=np.uint8)  # bit k: a stop word of names[k]
+        self._base = size + 1  # piece id + 1 per digit, 0 for no piece
+        bits: dict[int, int] = {}  # word key -> bit k: a stop word of names[k]
         for k, name in enumerate(names):
             for word in STOP_WORDS[name].split():
-                piece = vocab.get(normalise(word))
-                if piece is not None:
-                    self._bits[piece] |= 1 << k
+                pieces = list(encode(word))
+                if 0 < len(pieces) <= _MAX_PIECES:
+                    key = self._key(*(np.array([p]) for p in pieces))[0]
+                    bits[int(key)] = bits.get(int(key), 0) | 1 << k
+        self._keys = np.array(sorted(bits), dtype=np.int64)
+        self._bits = np.array([bits[k] for k in sorted(bits)], dtype=np.int64)
         self._names = names
         self._own = [k for k, name in enumerate(names) if name in languages]
 
-    def foreign(self, text: str, codes: np.ndarray, word_ids: np.ndarray, single: np.ndarray, starts: np.ndarray,
-                ends: np.ndarray) -> list[tuple[int, int]]:
+    def _key(self, *pieces: np.ndarray) -> np.ndarray:
+        """One integer per word from its first pieces' ids (each -1 where the word has no such piece)."""
+        key = np.zeros(len(pieces[0]), dtype=np.int64)
+        for i in range(_MAX_PIECES):
+            key = key * self._base + (pieces[i] + 1 if i < len(pieces) else 0)
+        return key
+
+    def _stop_bits(self, ids: np.ndarray, first: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Per word, the bits of the languages it is a stop word of."""
+        if not len(self._keys):
+            return np.zeros(len(first), dtype=np.int64)
+        last = len(ids) - 1
+        pieces = [np.where(counts > i, ids[np.minimum(first + i, last)], -1) for i in range(_MAX_PIECES)]
+        key = self._key(*pieces)
+        at = np.minimum(np.searchsorted(self._keys, key), len(self._keys) - 1)
+        return np.where((self._keys[at] == key) & (counts <= _MAX_PIECES), self._bits[at], 0)
+
+    def foreign(self, text: str, codes: np.ndarray, ids: np.ndarray, first: np.ndarray, counts: np.ndarray,
+                starts: np.ndarray, ends: np.ndarray) -> list[tuple[int, int]]:
         """Character spans of the paragraphs in none of the model's languages.
 
         ``codes`` is the code point each word starts with (:func:`~thrifty.compressors._scripts.first_codes`),
-        ``word_ids`` its first piece, ``single`` whether the word is that piece alone, ``starts``/``ends``
-        the words' character spans.
+        ``ids`` the text's piece ids, ``first`` each word's first piece among them and ``counts`` its number
+        of pieces, ``starts``/``ends`` the words' character spans.
         """
         if not self.active or len(starts) < MIN_WORDS:
             return []
@@ -122,9 +165,13 @@ class ParagraphLanguages:
         count = len(breaks) + 1
         n_latin = np.bincount(paragraph, weights=latin, minlength=count)
         n_other = np.bincount(paragraph, weights=other, minlength=count)
-        bits = np.where(single & latin, self._bits[word_ids], 0)
-        shares = np.stack([np.bincount(paragraph, weights=(bits >> k) & 1, minlength=count)
-                           for k in range(len(self._names))]) / np.maximum(n_latin, 1)
+        bits = np.where(latin, self._stop_bits(ids, first, counts), 0)
+        hit = np.flatnonzero(bits)  # the stop words, counted per paragraph and language in one pass
+        langs = len(self._names)
+        on = (bits[hit, None] >> np.arange(langs)) & 1
+        cells = (np.arange(langs) * count + paragraph[hit, None]).ravel()
+        shares = np.bincount(cells, weights=on.ravel(), minlength=langs * count).reshape(langs, count)
+        shares /= np.maximum(n_latin, 1)
         top, own = shares.max(axis=0), shares[self._own].max(axis=0)
         decided = (n_latin + n_other >= MIN_WORDS)
         foreign = decided & ((n_other > n_latin) | ((top >= MIN_SHARE) & (top >= MARGIN * own))

@@ -43,7 +43,10 @@ class CompressResult:
     an ``o200k_base`` estimate for others). ``skipped`` says why the text was
     returned unchanged (``"empty"``; ``"rate"``: a rate of 1; ``"short"``: nothing
     would be left; ``"protected"``: no word of it may be dropped, as all are
-    protected or unreadable to the model), or is ``None``.
+    protected or unreadable to the model; ``"language"``: all of it is in
+    paragraphs written in none of the model's languages), or is ``None``.
+    ``protected_chars`` counts the characters kept byte for byte, and
+    ``foreign_chars`` those of them in such paragraphs.
     """
 
     text: str
@@ -59,6 +62,7 @@ class CompressResult:
     words_kept: int = 0
     words_total: int = 0
     protected_chars: int = 0
+    foreign_chars: int = 0
     detail: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -166,6 +166,8 @@ class _Analysis:
     keep: np.ndarray
     listed: np.ndarray  # bool: neither protected nor opaque
     spans: list[tuple[int, int]]  # protected spans, widened to whole words
+    foreign_chars: int = 0  # characters of the paragraphs kept whole as in another language
+    all_foreign: bool = False  # every word is in such a paragraph
 
 
 class Compressor:
@@ -241,15 +243,14 @@ class Compressor:
         self._sentence_ends = np.fromiter((p.lstrip("▁") in _SENTENCE_ENDS for p in pieces), dtype=bool, count=size)
         self._relation = np.fromiter((p.lstrip("▁").lower() in RELATION_WORDS for p in pieces), dtype=bool,
                                      count=size) & ~self._cont
-        normalizer = tok.backend_tokenizer.normalizer
-        self._paragraphs = ParagraphLanguages(frozenset(self._m.languages), vocab,
-                                              normalizer.normalize_str if normalizer is not None else str)
         self._cls = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
         self._sep = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
         self._pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         self._backend = tok.backend_tokenizer
         self._backend.no_truncation()
         self._backend.no_padding()
+        self._paragraphs = ParagraphLanguages(
+            frozenset(self._m.languages), lambda word: self._backend.encode(word, add_special_tokens=False).ids, size)
 
     # ------------------------------------------------------------ public
 
@@ -320,7 +321,7 @@ class Compressor:
         if not self._paragraphs.active or not len(ids):
             return []
         _, first, counts, starts, ends = self._word_bounds(ids, offs)
-        return self._paragraphs.foreign(text, first_codes(text, starts), ids[first], counts == 1, starts, ends)
+        return self._paragraphs.foreign(text, first_codes(text, starts), ids, first, counts, starts, ends)
 
     # ------------------------------------------------------------ the method
 
@@ -331,11 +332,11 @@ class Compressor:
 
         t0 = time.perf_counter()
 
-        def unchanged(skipped: str, protected_chars: int = 0) -> CompressResult:
+        def unchanged(skipped: str, protected_chars: int = 0, foreign_chars: int = 0) -> CompressResult:
             n = count_text(_encodable(text), target) if text else 0
             return CompressResult(text, n, n, rate, self.name, self.version, self.mode,
                                   (time.perf_counter() - t0) * 1000, target, skipped,
-                                  protected_chars=protected_chars)
+                                  protected_chars=protected_chars, foreign_chars=foreign_chars)
 
         if not text.strip():
             return unchanged("empty")
@@ -344,7 +345,7 @@ class Compressor:
         a = self._analyse(text, rate, force_keep, patterns, protect, progress, weight, relation, question)
         protected_chars = sum(e - s for s, e in a.spans)
         if not a.listed.any():  # every word protected (code, numbers, another language...) or unreadable
-            return unchanged("protected", protected_chars)
+            return unchanged("language" if a.all_foreign else "protected", protected_chars, a.foreign_chars)
         out = _assemble(text, a)
         if not out.strip():  # everything dropped: too short to compress
             return unchanged("short")
@@ -352,7 +353,7 @@ class Compressor:
         after = count_text(_encodable(out), target) if out != text else before
         return CompressResult(
             out, before, after, rate, self.name, self.version, self.mode, (time.perf_counter() - t0) * 1000,
-            target, None, int(a.keep[a.listed].sum()), int(a.listed.sum()), protected_chars,
+            target, None, int(a.keep[a.listed].sum()), int(a.listed.sum()), protected_chars, a.foreign_chars,
         )
 
     def _analyse(self, text: str, rate: float, force_keep: Sequence[str], patterns: Sequence[str],
@@ -373,10 +374,15 @@ class Compressor:
         codes = first_codes(text, starts) if spaceless or foreign_check else None
         if spaceless:
             spans = merge_spans(spans + _spaceless_runs(codes, starts, ends))
+        foreign_chars, all_foreign = 0, False
         if foreign_check:
-            foreign = self._paragraphs.foreign(text, codes, ids[first], counts == 1, starts, ends)
+            foreign = self._paragraphs.foreign(text, codes, ids, first, counts, starts, ends)
             if foreign:
                 spans = merge_spans(spans + foreign)
+                # the paragraphs are whole words: count those inside them
+                bounds = np.searchsorted(starts, np.array(foreign, dtype=np.int64), side="left")
+                foreign_chars = sum(e - s for s, e in foreign)
+                all_foreign = int((bounds[:, 1] - bounds[:, 0]).sum()) == len(starts)
         protected = np.zeros(len(first), dtype=bool)
         if spans:
             spans, protected = _widen(spans, starts, ends)
@@ -419,7 +425,7 @@ class Compressor:
             kept = (p > threshold) | ((threshold == 1.0) & (p == threshold))
             window = keep[lo:hi]
             window[sel] = kept
-        return _Analysis(starts, ends, words, probs, keep, listed, spans)
+        return _Analysis(starts, ends, words, probs, keep, listed, spans, foreign_chars, all_foreign)
 
     def _word_bounds(self, ids: np.ndarray, offs: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -33,7 +33,8 @@ precision its model ran in (``float32``, ``bfloat16`` or ``int8``), the rate,
 the compression time in ms, the number of parts compressed, how many of
 them were compressed for a question (``question_aware``) and how many of
 their characters were kept byte for byte (``protected_chars``: code, numbers,
-URLs..., paragraphs in languages the model does not know); the recorder
+URLs..., paragraphs in languages the model does not know), of which
+``foreign_chars`` in such paragraphs; the recorder
 prices the saved tokens at the model's input price. A compressor failure
 sends the call on uncompressed (recorded as ``detail["error"]``) unless
 ``fail_open = false``, when the call fails with
@@ -182,7 +183,8 @@ class CompressionStage(Stage):
             "compressor": first.compressor, "version": first.version, "mode": first.mode,
             "precision": getattr(compressor, "precision", None), "rate": plan.rate, "ms": round(ms, 3),
             "parts": len(results),
-            "question_aware": len(questions), "protected_chars": sum(r.protected_chars for r in results)})
+            "question_aware": len(questions), "protected_chars": sum(r.protected_chars for r in results),
+            "foreign_chars": sum(r.foreign_chars for r in results)})
         return _replace_texts(request, {where: r.text for (where, _), r in zip(found, results, strict=True)})
 
     @staticmethod
