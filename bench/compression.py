@@ -679,16 +679,22 @@ def speed_prompt(rows: list[dict[str, Any]], target_tokens: int = 10_000) -> str
     return "\n\n".join(out)
 
 
-def time_per_1k(fn: Compress, text: str, tokens: int, repeats: int, question: str = "") -> float:
-    """Best of ``repeats`` runs, in ms per 1k tokens; each run's text differs (thrifty caches by content)."""
-    fn(text[:2000], 0.5, question)  # warm-up
-    times = []
+def time_per_1k(fns: dict[str, tuple[Compress, str]], text: str, tokens: int, repeats: int) -> dict[str, float]:
+    """Each method's best of ``repeats`` rounds, in ms per 1k tokens, for ``{name: (compress, question)}``.
+
+    The methods take turns within each round, so that a change in the machine's load falls on all of
+    them alike and their ratios hold; each round's text differs (thrifty caches by content).
+    """
+    for fn, question in fns.values():
+        fn(text[:2000], 0.5, question)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for i in range(repeats):
         variant = f"{text}\n\nRun {i}."
-        started = time.perf_counter()
-        fn(variant, 0.5, question)
-        times.append(time.perf_counter() - started)
-    return min(times) * 1000 / (tokens / 1000)
+        for name, (fn, question) in fns.items():
+            started = time.perf_counter()
+            fn(variant, 0.5, question)
+            times[name].append(time.perf_counter() - started)
+    return {name: round(min(t) * 1000 / (tokens / 1000), 1) for name, t in times.items()}
 
 
 def agreement(exact: Any, others: dict[str, Any], text: str) -> dict[str, float]:
@@ -798,11 +804,11 @@ def run(args: argparse.Namespace) -> None:
             if not args.no_speed:
                 text = speed_prompt(rows)
                 tokens = speed_tokens = count_tokens(text)
-                for name in ("thrifty-exact", "thrifty-fast", "thrifty-fast-q", "thrifty-turbo", "thrifty-bf16",
-                             "thrifty-int8", "thrifty-onnx", "llmlingua2-thrifty-weights"):
-                    if name in methods:  # "-q": for the question of the prompt's first passage
-                        question = rows[0]["question"] if name.endswith("-q") else ""
-                        speed[name] = round(time_per_1k(methods[name], text, tokens, args.repeats, question), 1)
+                timed = ("thrifty-exact", "thrifty-fast", "thrifty-fast-q", "thrifty-turbo", "thrifty-bf16",
+                         "thrifty-int8", "thrifty-onnx", "llmlingua2-thrifty-weights")
+                # "-q": for the question of the prompt's first passage
+                speed = time_per_1k({name: (methods[name], rows[0]["question"] if name.endswith("-q") else "")
+                                     for name in timed if name in methods}, text, tokens, args.repeats)
                 if "exact" in runtimes:
                     agree = agreement(runtimes["exact"], {f"thrifty-{mode}": c for mode, c in runtimes.items()
                                                           if mode != "exact"}, text)
