@@ -63,8 +63,8 @@ STOP_WORDS: dict[str, str] = {
           "também pelo pela seu sua",
     "nl": "de het een en van is dat op te zijn met voor niet aan er die ook als bij door maar om wordt dan "
           "naar uit werd heeft in",
-    # languages the model is never trained on here, listed so that short paragraphs of them are told too;
-    # words that are common English after accents are stripped ("for", "men", "till", "care", "volt") are out
+    # more languages, so that paragraphs of them too short for the SPARSE_WORDS rule are told as well;
+    # words that are common English once accents are stripped ("for", "men", "till", "care", "volt") are out
     "pl": "nie się jest że na jak po tak jego od przez dla czy już lub oraz są był była było będzie może "
           "tylko także jednak który która które przy tym",
     "cs": "je se na že ve za jsou jako tak podle když také jen už nebo jeho bylo byl může být které který "
@@ -90,8 +90,8 @@ MIN_SHARE = 0.15
 #: language's share must be.
 MARGIN = 4.0
 #: A paragraph of at least :data:`SPARSE_WORDS` Latin-script words of which the model's own languages'
-#: stop words cover less than this share is in none of them, whichever language it is in (Polish, Swedish,
-#: Turkish, Indonesian...): English prose covers 12% or more in 99 paragraphs of 100.
+#: stop words cover less than this share is in none of them, whichever language it is in (one without a
+#: list here: Estonian, Latvian, Vietnamese...): English prose covers 12% or more in 99 paragraphs of 100.
 SPARSE_SHARE = 0.03
 SPARSE_WORDS = 20
 #: Most pieces of a stop word as the tokenizer splits it.
