@@ -170,8 +170,8 @@ class ParagraphLanguages:
         langs = len(self._names)
         on = (bits[hit, None] >> np.arange(langs)) & 1
         cells = (np.arange(langs) * count + paragraph[hit, None]).ravel()
-        shares = np.bincount(cells, weights=on.ravel(), minlength=langs * count).reshape(langs, count)
-        shares /= np.maximum(n_latin, 1)
+        shares = np.bincount(cells, weights=on.ravel(), minlength=langs * count).reshape(langs, count) / np.maximum(
+            n_latin, 1)  # not in place: with no stop word at all, bincount counts in integers
         top, own = shares.max(axis=0), shares[self._own].max(axis=0)
         decided = (n_latin + n_other >= MIN_WORDS)
         foreign = decided & ((n_other > n_latin) | ((top >= MIN_SHARE) & (top >= MARGIN * own))
