@@ -181,3 +181,30 @@ def test_threads_running_one_int8_model_get_their_own_answers(weights):
 def test_an_unknown_precision_names_the_known_ones(weights):
     with pytest.raises(LocalModelError, match="float32, bfloat16, int8"):
         load_model(weights, precision="float16")
+
+
+def test_an_engine_keeps_the_measurement_under_its_configured_cache_dir(weights, tmp_path, monkeypatch):
+    # a [local] cache_dir set only in the config file is where the compressor reads and keeps its measurement
+    from thrifty.middleware.engine import Engine
+    from thrifty.middleware.providers.local._models import machine_key, write_probe
+    from thrifty.settings import Settings
+
+    monkeypatch.delenv("THRIFTY_LOCAL__CACHE_DIR", raising=False)
+    root = tmp_path / "models"
+    config = tmp_path / "thrifty.toml"
+    config.write_text(f"[local]\ncache_dir = {json.dumps(str(root))}\n")
+
+    def no_timing(*args):
+        raise AssertionError("timed again")
+
+    monkeypatch.setattr(model, "_time_precisions", no_timing)
+    key = machine_key("compressor", *model._identity(weights.resolve()))
+    write_probe(root, key, {p: (1000.0 if p == "int8" else 10.0) for p in fast_candidates()})
+    engine = Engine(Settings.load(config, data_dir=tmp_path / "data"), ledger=False)
+    try:
+        assert model.probe_root() == root
+        assert fast_precision(weights) == "int8"  # read from there, not timed
+    finally:
+        engine.close()
+        model.use_cache_dir(None)
+    assert model.probe_root() != root

@@ -51,7 +51,7 @@ from typing import Any
 from thrifty.errors import LocalModelError
 
 __all__ = ["DEFAULT_WEIGHTS", "PRECISIONS", "LoadedModel", "default_model_dir", "fast_candidates", "fast_precision",
-           "fast_variant_dir", "load_model", "native_bfloat16", "probe_root", "sha256_file"]
+           "fast_variant_dir", "load_model", "native_bfloat16", "probe_root", "sha256_file", "use_cache_dir"]
 
 #: The name of thrifty's own keep/drop weights, used when no model is given.
 DEFAULT_WEIGHTS = "minilm-keep-v2"
@@ -64,6 +64,7 @@ PRECISIONS = ("float32", "bfloat16", "int8")
 _MIN_SPEEDUP = 1.10
 _PROBE_ROUNDS = 5  # at most; at least two, and no more once _PROBE_BUDGET_S has passed (a large model)
 _PROBE_BUDGET_S = 4.0
+_cache_dir: Path | None = None  # set by use_cache_dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,13 +148,24 @@ def fast_precision(model: str | os.PathLike[str] | None = None) -> str:
     return _pick({p: probe[p] for p in candidates})
 
 
-def probe_root() -> Path:
-    """Where the measurement is kept: the local models' cache root (``THRIFTY_LOCAL__CACHE_DIR``, else
-    ``<user cache dir>/thrifty/models``), beside their own ``dtype-probe.json`` entries."""
-    from thrifty.middleware.providers.local._models import default_cache_root
+def use_cache_dir(cache_dir: str | os.PathLike[str] | None) -> None:
+    """Keep the measurement under ``cache_dir`` in this process (``None``: see :func:`probe_root`).
 
-    configured = os.environ.get("THRIFTY_LOCAL__CACHE_DIR")
-    return Path(configured).expanduser() if configured else default_cache_root()
+    Every engine calls it with its settings' ``[local] cache_dir``, so a cache root set only in the config
+    file (a container whose home is read-only, say) holds the compressor's measurement too, and later
+    processes read it instead of timing again.
+    """
+    global _cache_dir
+    _cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+
+
+def probe_root() -> Path:
+    """Where the measurement is kept: the local models' cache root (the engine's ``[local] cache_dir``, else
+    ``THRIFTY_LOCAL__CACHE_DIR``, else ``<user cache dir>/thrifty/models``), beside their own
+    ``dtype-probe.json`` entries."""
+    from thrifty.middleware.providers.local._models import cache_root
+
+    return _cache_dir if _cache_dir is not None else cache_root(os.environ.get("THRIFTY_LOCAL__CACHE_DIR"))
 
 
 def _pick(speeds: dict[str, float]) -> str:

@@ -51,6 +51,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from thrifty.compressors.model import use_cache_dir
 from thrifty.errors import LocalModelError, ThriftyError
 from thrifty.middleware.context import CallContext, CompressOptions, Saving
 from thrifty.middleware.pipeline import Stage
@@ -104,6 +105,7 @@ class CompressionStage(Stage):
 
     @classmethod
     def from_engine(cls, engine: Engine) -> CompressionStage:
+        use_cache_dir(engine.settings.local.cache_dir)  # the precision measured beside the local models' own
         return cls(engine.settings.compression)
 
     # ------------------------------------------------------------ the call

@@ -95,6 +95,11 @@ def default_cache_root() -> Path:
     return Path(platformdirs.user_cache_dir("thrifty", appauthor=False)) / "models"
 
 
+def cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
+    """The local models' cache root: ``cache_dir`` (``[local] cache_dir``) where set, else the default."""
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_root()
+
+
 class ModelStore:
     """Loaded models by source, cache root and dtype setting; each loaded at most once."""
 
@@ -105,7 +110,7 @@ class ModelStore:
 
     def get(self, source: ModelSource, settings: LocalModelSettings) -> LoadedModel:
         """The loaded model for ``source``, loading it on the first call."""
-        root = Path(settings.cache_dir).expanduser() if settings.cache_dir else default_cache_root()
+        root = cache_root(settings.cache_dir)
         key = (source.identity, str(root), settings.dtype)
         with self._lock:
             loaded = self._models.get(key)
