@@ -30,6 +30,7 @@ REPORT = (
 
 @pytest.fixture
 def probe_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(model, "_cache_dir", None)  # whatever an engine built earlier in this process set
     monkeypatch.setenv("THRIFTY_LOCAL__CACHE_DIR", str(tmp_path))
     return tmp_path
 
@@ -111,6 +112,7 @@ def test_one_candidate_needs_no_measurement(weights, probe_dir, monkeypatch):
 def test_an_unwritable_cache_costs_only_a_second_measurement(weights, tmp_path, monkeypatch):
     blocked = tmp_path / "file"
     blocked.write_text("")
+    monkeypatch.setattr(model, "_cache_dir", None)
     monkeypatch.setenv("THRIFTY_LOCAL__CACHE_DIR", str(blocked / "models"))  # below a file: cannot be made
     assert fast_precision(weights) in fast_candidates()
 
@@ -190,6 +192,7 @@ def test_an_engine_keeps_the_measurement_under_its_configured_cache_dir(weights,
     from thrifty.settings import Settings
 
     monkeypatch.delenv("THRIFTY_LOCAL__CACHE_DIR", raising=False)
+    monkeypatch.setattr(model, "_cache_dir", None)
     root = tmp_path / "models"
     config = tmp_path / "thrifty.toml"
     config.write_text(f"[local]\ncache_dir = {json.dumps(str(root))}\n")
@@ -206,5 +209,3 @@ def test_an_engine_keeps_the_measurement_under_its_configured_cache_dir(weights,
         assert fast_precision(weights) == "int8"  # read from there, not timed
     finally:
         engine.close()
-        model.use_cache_dir(None)
-    assert model.probe_root() != root
