@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import Any, get_args
 
 import click
+
+from thrifty.settings import CompressionMode, Precision
 
 _PROGRESS_FROM = 4_000  # model tokens; smaller inputs finish before a bar would help
 #: Why a text came back unchanged (``CompressResult.skipped``), for the summary line.
@@ -19,13 +21,13 @@ _SKIPPED = {"empty": "no text", "rate": "rate 1", "short": "too short to compres
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--rate", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
               help="Share of the compressible tokens to keep.")
-@click.option("--mode", type=click.Choice(["fast", "exact", "turbo"]), default="fast", show_default=True,
+@click.option("--mode", type=click.Choice(get_args(CompressionMode)), default="fast", show_default=True,
               help="fast: the model in whichever of float32, bfloat16 and int8 is fastest here (measured once); "
                    "exact: the model in float32, llmlingua's decisions; "
                    "turbo: a distilled shallower model, faster again, for a few points of accuracy.")
 @click.option("--model", "model", type=click.Path(exists=True, file_okay=False), default=None,
               help="Weights directory (default: thrifty's shipped weights).")
-@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16", "int8"]), default="auto",
+@click.option("--precision", type=click.Choice(get_args(Precision)), default="auto",
               show_default=True, help="What the fast and turbo modes run in (auto: the fastest here, measured once).")
 @click.option("--force-keep", multiple=True, metavar="TERM", help="A term to keep wherever it occurs (repeatable).")
 @click.option("--protect", multiple=True, metavar="REGEX", help="A regular expression whose matches are kept.")

@@ -18,6 +18,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from thrifty.errors import ConfigurationError
 
+#: The prompt compressor's modes (see :mod:`thrifty.compressors.lingua`).
+CompressionMode = Literal["fast", "exact", "turbo"]
+#: What the fast and turbo modes run in: ``auto``, the fastest here (measured once), or one pinned.
+Precision = Literal["auto", "float32", "bfloat16", "int8"]
+
 
 class ProviderConfig(BaseModel):
     """One upstream provider, addressed in model names as ``<name>/<model>``."""
@@ -133,8 +138,8 @@ class CompressionSettings(BaseModel):
 
     enabled: bool = Field(default=False, description="compress every call's eligible text, not only those that ask")
     compressor: str = Field(default="llmlingua2", description="a registered compressor")
-    mode: Literal["fast", "exact", "turbo"] = "fast"
-    precision: Literal["auto", "float32", "bfloat16", "int8"] = Field(
+    mode: CompressionMode = "fast"
+    precision: Precision = Field(
         default="auto",
         description="what the fast and turbo modes run in (auto: the fastest, measured once per machine); "
         "pin it so that machines of different kinds compress alike")

@@ -101,7 +101,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
@@ -118,11 +118,12 @@ from thrifty.compressors.model import PRECISIONS, LoadedModel, fast_precision, f
 from thrifty.compressors.protect import merge_spans, protected_spans
 from thrifty.compressors.question import sentence_relevance
 from thrifty.errors import InvalidRequestError
+from thrifty.settings import CompressionMode
 
 __all__ = ["QUESTION_WEIGHT", "RELATION_WEIGHT", "RELATION_WORDS", "SENTENCE_WEIGHT", "Compressor",
            "KeepDecisions"]
 
-MODES = ("fast", "exact", "turbo")
+MODES: tuple[str, ...] = get_args(CompressionMode)
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _CHUNK_END_TOKENS = (".", "\n")
 _BATCH = 4  # chunks per model run: measured best on 2 CPU cores (32 was 1.3-1.8x slower in float32)

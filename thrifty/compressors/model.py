@@ -46,9 +46,10 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from thrifty.errors import LocalModelError
+from thrifty.settings import Precision
 
 __all__ = ["DEFAULT_WEIGHTS", "PRECISIONS", "LoadedModel", "default_model_dir", "fast_candidates", "fast_precision",
            "fast_variant_dir", "load_model", "native_bfloat16", "probe_root", "sha256_file", "use_cache_dir"]
@@ -59,7 +60,7 @@ DEFAULT_WEIGHTS = "minilm-keep-v2"
 _INSTALL_HINT = "install the compression extra: pip install 'thrifty[compress]'"
 
 #: Precisions a model can be loaded in, from the most precise.
-PRECISIONS = ("float32", "bfloat16", "int8")
+PRECISIONS: tuple[str, ...] = tuple(p for p in get_args(Precision) if p != "auto")
 #: A less precise runtime is chosen for the fast modes only when it is at least this much faster.
 _MIN_SPEEDUP = 1.10
 _PROBE_ROUNDS = 5  # at most; at least two, and no more once _PROBE_BUDGET_S has passed (a large model)

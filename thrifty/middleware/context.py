@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from thrifty.errors import InvalidRequestError, UnknownOptionError
+from thrifty.settings import CompressionMode
 
 if TYPE_CHECKING:
     from thrifty.middleware.providers.base import Provider
@@ -56,7 +57,7 @@ class CompressOptions(BaseModel):
     force_keep: list[str] = Field(default_factory=list)
     protect: list[str] = Field(default_factory=list, description="regular expressions whose matches are kept")
     roles: list[Literal["user", "tool", "assistant"]] | None = None
-    mode: Literal["fast", "exact", "turbo"] | None = None
+    mode: CompressionMode | None = None
     sentence_weight: float | None = Field(default=None, ge=0, le=100)
     relation_weight: float | None = Field(default=None, ge=0, le=100)
     question: str | bool | None = None
