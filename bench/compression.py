@@ -865,12 +865,15 @@ def results_path(args: argparse.Namespace) -> Path:
 def merge_results(table: list[dict[str, Any]], speed: dict[str, float], speed_tokens: int,
                   agree: dict[str, float] | None,
                   notes: dict[str, str], args: argparse.Namespace, command: str) -> dict[str, Any]:
-    """Fold this run's rows into its results file (rows replaced by method and rate)."""
+    """Fold this run's rows into its results file (rows replaced by method and rate); each row says which
+    machine it was measured on, since the fast modes' precision, and so their output, depends on it."""
     path = results_path(args)
     old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() and not args.fresh else {}
     previous = {(r["method"], r["rate"]): r for r in old.get("rows", [])}
+    here = machine()
     for row in table:
         row["command"] = command
+        row["machine"] = here
         before = previous.get((row["method"], row["rate"]))
         if before is not None and "accuracy" not in row and "accuracy" in before:
             # a run without QA for this method keeps the QA figures measured before
@@ -885,7 +888,7 @@ def merge_results(table: list[dict[str, Any]], speed: dict[str, float], speed_to
         "speed_ms_per_1k_tokens": speed or old.get("speed_ms_per_1k_tokens", {}),
         "speed_prompt_tokens": speed_tokens or old.get("speed_prompt_tokens", 0),
         "speed_command": command if speed else old.get("speed_command"),
-        "speed_machine": machine() if speed else old.get("speed_machine"),
+        "speed_machine": here if speed else old.get("speed_machine"),
         "keep_agreement_with_exact": agree if agree else old.get("keep_agreement_with_exact"),
         "notes": {**old.get("notes", {}), **notes},
     }
