@@ -111,7 +111,7 @@ def compress(file: str, rate: float, mode: str, model: str | None, precision: st
         if result.protected_chars:
             kept += f", {result.protected_chars:,} characters protected"
             if result.foreign_chars:
-                kept += f" ({result.foreign_chars:,} in another language)"
+                kept += f", {result.foreign_chars:,} of them in another language"
         if result.skipped is not None:
             kept += f", unchanged: {_SKIPPED.get(result.skipped, result.skipped)}"
         click.echo(
