@@ -65,7 +65,7 @@ PRECISIONS: tuple[str, ...] = tuple(p for p in get_args(Precision) if p != "auto
 _MIN_SPEEDUP = 1.10
 _PROBE_ROUNDS = 5  # at most; at least two, and no more once _PROBE_BUDGET_S has passed (a large model)
 _PROBE_BUDGET_S = 4.0
-_cache_dir: Path | None = None  # set by use_cache_dir
+_cache_dir: str | os.PathLike[str] | None = None  # set by use_cache_dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +157,7 @@ def use_cache_dir(cache_dir: str | os.PathLike[str] | None) -> None:
     processes read it instead of timing again.
     """
     global _cache_dir
-    _cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+    _cache_dir = cache_dir or None
 
 
 def probe_root() -> Path:
@@ -166,7 +166,7 @@ def probe_root() -> Path:
     ``dtype-probe.json`` entries."""
     from thrifty.middleware.providers.local._models import cache_root
 
-    return _cache_dir if _cache_dir is not None else cache_root(os.environ.get("THRIFTY_LOCAL__CACHE_DIR"))
+    return cache_root(_cache_dir if _cache_dir is not None else os.environ.get("THRIFTY_LOCAL__CACHE_DIR"))
 
 
 def _pick(speeds: dict[str, float]) -> str:
