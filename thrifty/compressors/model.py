@@ -35,11 +35,6 @@ not change with the machine's load. A less precise runtime must be at least 10%
 faster than a more precise one to be chosen. Flags alone do not tell: on one
 Xeon with AVX512-BF16 but no AMX, bfloat16 ran the model 1.6x *slower* than
 float32, and int8 1.3x faster (docs/benchmarks.md).
-
-In float32, whatever the mode, the linear layers run on whichever of torch's
-default kernels and oneDNN's (:mod:`thrifty.compressors._onednn`) is faster
-here, measured the same way once per machine and model shape: the same
-arithmetic, logits within a few millionths of each other.
 """
 
 from __future__ import annotations
@@ -349,7 +344,7 @@ def _float32_kernels(loaded: LoadedModel) -> Any:
     shape = (getattr(model.config, name, "") for name in
              ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"))
     root = probe_root()
-    key = machine_key("compressor-float32", _PROBE_VERSION, *map(str, shape))
+    key = machine_key("compressor-float32", *map(str, shape))
     probe = read_probe(root).get(key)
     dnn = None
     if probe is None or not {"torch", "onednn"} <= probe.keys():
