@@ -68,8 +68,7 @@ def test_without_torch_the_only_candidate_is_float32(monkeypatch):
 def test_the_choice_is_measured_once_and_kept(weights, probe_dir, monkeypatch):
     chosen = fast_precision(weights)
     stored = json.loads((probe_dir / "dtype-probe.json").read_text())
-    key = model._probe_key(weights.resolve())
-    speeds = stored[key]
+    (key, speeds), = stored.items()
     assert set(speeds) == set(fast_candidates()) and all(v > 0 for v in speeds.values())
     assert chosen == model._pick(speeds)
 
@@ -189,7 +188,7 @@ def test_an_unknown_precision_names_the_known_ones(weights):
 def test_an_engine_keeps_the_measurement_under_its_configured_cache_dir(weights, tmp_path, monkeypatch):
     # a [local] cache_dir set only in the config file is where the compressor reads and keeps its measurement
     from thrifty.middleware.engine import Engine
-    from thrifty.middleware.providers.local._models import write_probe
+    from thrifty.middleware.providers.local._models import machine_key, write_probe
     from thrifty.settings import Settings
 
     monkeypatch.delenv("THRIFTY_LOCAL__CACHE_DIR", raising=False)
@@ -202,7 +201,7 @@ def test_an_engine_keeps_the_measurement_under_its_configured_cache_dir(weights,
         raise AssertionError("timed again")
 
     monkeypatch.setattr(model, "_time_precisions", no_timing)
-    key = model._probe_key(weights.resolve())
+    key = machine_key("compressor", *model._identity(weights.resolve()))
     write_probe(root, key, {p: (1000.0 if p == "int8" else 10.0) for p in fast_candidates()})
     engine = Engine(Settings.load(config, data_dir=tmp_path / "data"), ledger=False)
     try:
@@ -210,45 +209,3 @@ def test_an_engine_keeps_the_measurement_under_its_configured_cache_dir(weights,
         assert fast_precision(weights) == "int8"  # read from there, not timed
     finally:
         engine.close()
-
-
-def test_onednn_linear_layers_compute_what_torchs_do():
-    from thrifty.compressors._onednn import DnnLinear, onednn_supported
-
-    if not onednn_supported():
-        pytest.skip("this torch has no oneDNN float32 linear layer")
-    torch.manual_seed(0)
-    for bias in (True, False):
-        linear = torch.nn.Linear(384, 1536, bias=bias)
-        x = torch.randn(2, 100, 384)
-        with torch.inference_mode():
-            assert torch.allclose(DnnLinear(linear)(x), linear(x), atol=1e-4)
-
-
-def test_float32_kernels_are_measured_once_per_shape_and_kept(weights, probe_dir, monkeypatch):
-    # torch's default float32 kernels against oneDNN's, on the model itself, once; the same logits either way
-    from thrifty.compressors._onednn import DnnLinear, onednn_supported
-
-    if not onednn_supported():
-        pytest.skip("this torch has no oneDNN float32 linear layer")
-    reference = copy.deepcopy(load_model(weights).model)
-    loaded = model._load(weights.resolve(), "float32")
-    stored = json.loads((probe_dir / "dtype-probe.json").read_text())
-    (key, speeds), = stored.items()
-    assert set(speeds) == {"torch", "onednn"} and all(v > 0 for v in speeds.values())
-    used = isinstance(loaded.model.base_model.encoder.layer[0].output.dense, DnnLinear)
-    assert used == (speeds["onednn"] >= speeds["torch"] * model._KERNEL_MIN_SPEEDUP)
-
-    def no_timing(*args):
-        raise AssertionError("timed again")
-
-    monkeypatch.setattr(model, "_speeds", no_timing)
-    for faster in ("onednn", "torch"):  # as if each were far faster here
-        stored[key] = {"torch": 10.0, "onednn": 1000.0} if faster == "onednn" else {"torch": 1000.0, "onednn": 10.0}
-        (probe_dir / "dtype-probe.json").write_text(json.dumps(stored))
-        again = model._load(weights.resolve(), "float32").model
-        layer = again.base_model.encoder.layer[0].output.dense
-        assert isinstance(layer, DnnLinear) == (faster == "onednn")
-        ids = torch.arange(1000, 1200).reshape(1, 200)
-        with torch.inference_mode():
-            assert torch.allclose(again(input_ids=ids).logits, reference(input_ids=ids).logits, atol=1e-4)

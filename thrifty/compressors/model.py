@@ -39,7 +39,6 @@ float32, and int8 1.3x faster (docs/benchmarks.md).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -66,10 +65,6 @@ PRECISIONS: tuple[str, ...] = tuple(p for p in get_args(Precision) if p != "auto
 _MIN_SPEEDUP = 1.10
 _PROBE_ROUNDS = 5  # at most; at least two, and no more once _PROBE_BUDGET_S has passed (a large model)
 _PROBE_BUDGET_S = 4.0
-_PROBE_VERSION = "2"  # 2: float32 measured with its faster kernels (see _float32_kernels)
-#: oneDNN's float32 kernels replace torch's default ones when at least this much faster (the same
-#: arithmetic, logits within a few millionths, so only noise needs a margin).
-_KERNEL_MIN_SPEEDUP = 1.05
 _cache_dir: str | os.PathLike[str] | None = None  # set by use_cache_dir
 
 
@@ -139,14 +134,14 @@ def fast_precision(model: str | os.PathLike[str] | None = None) -> str:
     Measured once per machine (see the module docstring): the first call loads the model in each of
     :func:`fast_candidates` and times it: about 5 s for thrifty's six layers on 2 cores, once.
     """
-    from thrifty.middleware.providers.local._models import read_probe, write_probe
+    from thrifty.middleware.providers.local._models import machine_key, read_probe, write_probe
 
     path = _model_path(model)
     candidates = fast_candidates()
     if len(candidates) == 1:
         return candidates[0]
     root = probe_root()
-    key = _probe_key(path)
+    key = machine_key("compressor", *_identity(path))
     probe = read_probe(root).get(key)
     if probe is None or not set(candidates) <= probe.keys():
         probe = _time_precisions(path, candidates)
@@ -183,13 +178,6 @@ def _pick(speeds: dict[str, float]) -> str:
     return chosen
 
 
-def _probe_key(path: Path) -> str:
-    """The key of ``path``'s precision measurement in ``dtype-probe.json``, on this machine."""
-    from thrifty.middleware.providers.local._models import machine_key
-
-    return machine_key("compressor", _PROBE_VERSION, *_identity(path))
-
-
 def _identity(path: Path) -> tuple[str, ...]:
     """The model's identity, cheaply: thrifty weights by their hashes (wherever they lie), others by path."""
     manifest = path / "manifest.json"
@@ -201,37 +189,31 @@ def _identity(path: Path) -> tuple[str, ...]:
     return str(path), str(weights.stat().st_size) if weights.is_file() else ""
 
 
-def _speeds(models: dict[str, Any], vocab_size: int, max_seq_len: int) -> dict[str, float]:
-    """Tokens per second of a forward pass over two 512-token windows by each of ``models``: the best of
+def _time_precisions(path: Path, candidates: tuple[str, ...]) -> dict[str, float]:
+    """Tokens per second of a forward pass over two 512-token windows in each precision: the best of
     two to ``_PROBE_ROUNDS`` interleaved rounds, each timing the second of two passes (the pass after a
-    switch of runtime runs slow: int8's by 10-15% after bfloat16's)."""
+    switch of precision runs slow: int8's by 10-15% after bfloat16's).
+
+    Models this loads only to time them are dropped again, so only the chosen one stays in memory.
+    """
     torch, _ = _imports()
-    width = min(512, max_seq_len)
-    ids = torch.arange(1000, 1000 + 2 * width, dtype=torch.long).reshape(2, width) % vocab_size
+    before = set(_models)
+    models = {p: load_model(path, precision=p) for p in candidates}
+    width = min(512, models["float32"].max_seq_len)
+    ids = (torch.arange(1000, 1000 + 2 * width, dtype=torch.long).reshape(2, width)
+           % models["float32"].tokenizer.vocab_size)
     mask = torch.ones_like(ids)
-    speeds = dict.fromkeys(models, 0.0)
+    speeds = dict.fromkeys(candidates, 0.0)
     started_all = time.perf_counter()
     with torch.inference_mode():
         for done in range(_PROBE_ROUNDS):
             if done >= 2 and time.perf_counter() - started_all > _PROBE_BUDGET_S:
                 break
-            for name, model in models.items():
-                model(input_ids=ids, attention_mask=mask)
+            for p in candidates:
+                models[p].model(input_ids=ids, attention_mask=mask)
                 started = time.perf_counter()
-                model(input_ids=ids, attention_mask=mask)
-                speeds[name] = max(speeds[name], ids.numel() / (time.perf_counter() - started))
-    return speeds
-
-
-def _time_precisions(path: Path, candidates: tuple[str, ...]) -> dict[str, float]:
-    """Tokens per second of the model in each precision (:func:`_speeds`).
-
-    Models this loads only to time them are dropped again, so only the chosen one stays in memory.
-    """
-    before = set(_models)
-    models = {p: load_model(path, precision=p) for p in candidates}
-    first = models["float32"]
-    speeds = _speeds({p: m.model for p, m in models.items()}, first.tokenizer.vocab_size, first.max_seq_len)
+                models[p].model(input_ids=ids, attention_mask=mask)
+                speeds[p] = max(speeds[p], ids.numel() / (time.perf_counter() - started))
     chosen = _pick(speeds)
     with _models_lock:
         for p in candidates:
@@ -319,41 +301,15 @@ def _load(path: Path, precision: str) -> LoadedModel:
         raise LocalModelError(
             f"{path} holds neither a thrifty manifest.json nor a transformers config.json"
         )
-    model = loaded.model.eval()
+    model = loaded.model
     if precision == "bfloat16":
         model = model.to(torch.bfloat16)
     elif precision == "int8":
         from thrifty.compressors._int8 import quantise
 
         model = quantise(model)
-    else:
-        model = _float32_kernels(loaded)
+    model.eval()
     return replace(loaded, model=model, path=str(path), precision=precision)
-
-
-def _float32_kernels(loaded: LoadedModel) -> Any:
-    """``loaded``'s float32 model with its linear layers in whichever of torch's default kernels and oneDNN's
-    is faster here (:mod:`thrifty.compressors._onednn`), measured once per machine and model shape and kept
-    beside the precisions' measurement; oneDNN's must be ``_KERNEL_MIN_SPEEDUP`` faster."""
-    from thrifty.compressors._onednn import onednn_supported, use_onednn
-    from thrifty.middleware.providers.local._models import machine_key, read_probe, write_probe
-
-    model = loaded.model
-    if not onednn_supported():
-        return model
-    shape = (getattr(model.config, name, "") for name in
-             ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"))
-    root = probe_root()
-    key = machine_key("compressor-float32", *map(str, shape))
-    probe = read_probe(root).get(key)
-    dnn = None
-    if probe is None or not {"torch", "onednn"} <= probe.keys():
-        dnn = use_onednn(copy.deepcopy(model))
-        probe = _speeds({"torch": model, "onednn": dnn}, loaded.tokenizer.vocab_size, loaded.max_seq_len)
-        write_probe(root, key, probe)
-    if probe["onednn"] < probe["torch"] * _KERNEL_MIN_SPEEDUP:
-        return model
-    return dnn if dnn is not None else use_onednn(model)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
