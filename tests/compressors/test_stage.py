@@ -364,3 +364,41 @@ def test_a_labelled_question_in_a_langchain_rag_prompt(engine, upstream, weights
     text = prompt.format_messages(question=ASK, context=CONTEXT)[0].content
     assert sent == Compressor.load("fast", str(weights)).compress(text, 0.33, target="gpt-4o-mini", question=ASK).text
     assert FACT in sent and f"Question: {ASK}" in sent
+
+
+def test_the_proxy_loads_the_compressor_as_it_starts(tmp_path, upstream, weights, caplog):
+    # calls that compress without asking (settings, an alias) should not wait seconds for the model
+    import time
+
+    from tests.middleware.server.conftest import start_proxy
+    from thrifty.compressors import base
+    from thrifty.compressors.stage import CompressionStage
+
+    aliases = {"smart": {"model": "canned/gpt-ok", "options": {"compress": {"mode": "turbo", "rate": 0.4}}},
+               "plain": {"model": "canned/gpt-ok", "options": {"compress": False}}}
+    settings = make_settings(tmp_path / "data", upstream, aliases=aliases,
+                             compression={"model": str(weights), "enabled": True, "mode": "exact",
+                                          "precision": "float32"})
+    for key in [k for k in base._instances if k[2] == str(weights)]:
+        del base._instances[key]
+    for proxy in start_proxy(settings):
+        stage = next(s for s in proxy.app.engine.pipeline.stages if isinstance(s, CompressionStage))
+        assert stage.warm == ("exact", "turbo")  # the settings' mode and the alias's, not "plain"'s
+        wanted = {("llmlingua2", mode, str(weights), "float32") for mode in stage.warm}
+        deadline = time.monotonic() + 120
+        while not wanted <= base._instances.keys() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert wanted <= base._instances.keys()
+    # nothing to warm when no call compresses unasked; a compressor that fails to load is only logged
+    quiet = Engine(make_settings(tmp_path / "quiet", upstream, compression={"model": str(weights)}))
+    try:
+        assert next(s for s in quiet.pipeline.stages if isinstance(s, CompressionStage)).warm == ()
+    finally:
+        quiet.close()
+    broken = Engine(make_settings(tmp_path / "broken", upstream,
+                                  compression={"model": str(tmp_path / "missing"), "enabled": True}))
+    try:
+        broken.warm_up()
+        assert "did not warm up" in caplog.text
+    finally:
+        broken.close()

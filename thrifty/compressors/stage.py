@@ -48,12 +48,13 @@ import dataclasses
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from thrifty.compressors.model import use_cache_dir
 from thrifty.errors import LocalModelError, ThriftyError
-from thrifty.middleware.context import CallContext, CompressOptions, Saving
+from thrifty.middleware.context import CallContext, CompressOptions, Saving, ThriftyOptions
 from thrifty.middleware.pipeline import Stage
 from thrifty.settings import CompressionSettings
 from thrifty.types import (
@@ -100,13 +101,25 @@ _Where = tuple[int, int, int]
 class CompressionStage(Stage):
     kind = "compression"
 
-    def __init__(self, settings: CompressionSettings | None = None) -> None:
+    def __init__(self, settings: CompressionSettings | None = None, *, warm: Sequence[str] = ()) -> None:
         self.settings = settings if settings is not None else CompressionSettings()
+        self.warm = tuple(warm)  # modes that calls compress in without asking, loaded by warm_up
 
     @classmethod
     def from_engine(cls, engine: Engine) -> CompressionStage:
         use_cache_dir(engine.settings.local.cache_dir)  # the precision measured beside the local models' own
-        return cls(engine.settings.compression)
+        return cls(engine.settings.compression, warm=_default_modes(engine))
+
+    def warm_up(self) -> None:
+        """Load the compressor in each mode that calls compress in without asking (the settings' when
+        ``enabled``, an alias's that asks), so the first of them does not wait seconds for the model and,
+        on a new machine, the measurement of its precision."""
+        from thrifty.compressors.base import load_compressor
+
+        s = self.settings
+        for mode in self.warm:
+            load_compressor(s.compressor, mode=mode, model=None if s.model is None else str(s.model),
+                            precision=s.precision)
 
     # ------------------------------------------------------------ the call
 
@@ -209,6 +222,20 @@ def _has_marker(part: Part) -> bool:
     if isinstance(part, ToolResultPart):
         return any(_has_marker(p) for p in part.content)
     return False
+
+
+def _default_modes(engine: Engine) -> tuple[str, ...]:
+    """The modes calls compress in without asking for it: the settings' mode when compression is enabled,
+    and the mode of each alias whose options compress."""
+    s = engine.settings.compression
+    modes = {s.mode} if s.enabled else set()
+    for alias in engine.settings.aliases:
+        asked = engine.options_for(alias, ThriftyOptions()).compress
+        if isinstance(asked, CompressOptions):
+            modes.add(asked.mode or s.mode)
+        elif asked is True or (asked is None and s.enabled):
+            modes.add(s.mode)
+    return tuple(sorted(modes))
 
 
 def _eligible(request: Request, roles: frozenset[str]) -> list[tuple[_Where, str]]:

@@ -8,6 +8,7 @@ hand a neutral request and a :class:`CallContext` to :meth:`Engine.handle`
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +21,8 @@ from thrifty.middleware.retry import RetryStage
 from thrifty.routing.base import Router, build_routers
 from thrifty.settings import Settings
 from thrifty.types import AsyncEventStream, EventStream, Request, Response
+
+log = logging.getLogger(__name__)
 
 
 class Dispatch:
@@ -216,6 +219,20 @@ class Engine:
         # a call that failed before reaching a provider still gets its row
         if self.observer is not None and ctx.result is None:
             self.observer.record_failure(request, ctx, exc)
+
+    def warm_up(self) -> None:
+        """Let each stage load what its first calls would otherwise wait for (:meth:`Stage.warm_up`).
+
+        ``thrifty serve`` calls it off the event loop as it starts; a stage that fails to warm up is
+        logged and left to load on its first call, which reports the error in the caller's shape.
+        """
+        for stage in self.pipeline.stages:
+            try:
+                stage.warm_up()
+            except Exception as exc:  # noqa: BLE001 - warming up is an optimisation
+                log.warning("%r did not warm up (%s: %s); it loads on its first call", stage,
+                            type(exc).__name__, exc)
+                log.debug("warm-up of %r", stage, exc_info=True)
 
     def close(self) -> None:
         for provider in list(self._providers.values()):

@@ -197,11 +197,12 @@ class ProxyApp:
                 return
 
     def startup(self) -> None:
-        """Warm what the first calls would otherwise wait for (the price table), off the event loop."""
+        """Warm what the first calls would otherwise wait for (the price table, the stages' models), off
+        the event loop."""
         if self._started:
             return
         self._started = True
-        threading.Thread(target=_warm_up, name="thrifty-warm-up", daemon=True).start()
+        threading.Thread(target=_warm_up, args=(self.engine,), name="thrifty-warm-up", daemon=True).start()
 
     async def aclose(self) -> None:
         """Flush the ledger and close the upstream clients (when the app made its engine), and the key store."""
@@ -233,9 +234,10 @@ def _default_route(engine: Engine) -> str | None:
         return None
 
 
-def _warm_up() -> None:
+def _warm_up(engine: Engine) -> None:
     # the price table, which every call's cost header needs; not the tokenizers (~100 MB, loaded on
-    # first use: count_tokens, and streams that report no usage)
+    # first use: count_tokens, and streams that report no usage); then the stages' models (the
+    # compressor, where calls compress without asking)
     try:
         from thrifty.ledger import pricing
         from thrifty.types import Usage
@@ -243,6 +245,7 @@ def _warm_up() -> None:
         pricing.price(Usage(input_tokens=1), "gpt-4o-mini", pricing_id="openai", is_local=False)
     except Exception:  # noqa: BLE001 - warming up is an optimisation
         log.debug("warm-up failed", exc_info=True)
+    engine.warm_up()
 
 
 def _cors(app: ASGIApp, origins: list[str]) -> ASGIApp:
