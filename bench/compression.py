@@ -13,6 +13,7 @@ Commands:
     .venv/bin/python bench/compression.py student-fit    # the turbo student on trained vs held-out passages
     .venv/bin/python bench/compression.py languages      # English paragraphs taken for another language
     .venv/bin/python bench/compression.py qa-pair        # two runtimes' QA, asked where their outputs differ
+    .venv/bin/python bench/compression.py first-call     # the proxy's first compressed call, warmed up or not
 
 ``build-eval`` makes the evaluation set from held-out passages of the
 compressor's training corpus (documents that training never saw; the corpus and
@@ -1074,6 +1075,54 @@ def write_results(out: dict[str, Any], given: str, name: str) -> None:
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
+def first_call(args: argparse.Namespace) -> None:
+    """Seconds the first compressed call through a freshly started proxy takes (``[compression] enabled``,
+    a 6,000-character user message, a canned upstream on loopback), when the proxy loads the compressor as
+    it starts and when it does not; each in a fresh process, the call made ``--after`` seconds after the
+    start. The precision measurement is taken as already kept on this machine."""
+    import subprocess
+
+    if args.child:
+        print(json.dumps(_first_call_child(args.child == "on", args.after)))
+        return
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    for _ in range(args.repeats):
+        for variant in times:  # alternating, as the machine's load may change
+            out = subprocess.run([sys.executable, __file__, "first-call", "--child", variant, "--after",
+                                  str(args.after)], capture_output=True, text=True, check=True)
+            times[variant].append(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+    print(f"first compressed call, {args.after} s after the proxy started (seconds, each run):")
+    for variant, label in (("off", "loaded on the first call"), ("on", "loaded as the proxy starts")):
+        print(f"  {label:28} {', '.join(f'{t:.2f}' for t in times[variant])}")
+    out_data = {"after_s": args.after, "machine": machine(), "command": "python bench/compression.py first-call",
+                "seconds": {"loaded_on_first_call": times["off"], "loaded_at_start": times["on"]}}
+    write_results(out_data, args.results, "compression_first_call.json")
+
+
+def _first_call_child(warm: bool, after: float) -> dict[str, Any]:
+    import httpx
+
+    from thrifty.middleware.engine import Engine
+    from thrifty.middleware.server import create_app
+    from thrifty.settings import Settings
+    from thrifty.testing import CannedUpstream, ServerThread
+
+    if not warm:
+        Engine.warm_up = lambda self: None  # type: ignore[method-assign]
+    text = (ROOT / "README.md").read_text(encoding="utf-8")[:6000]
+    with CannedUpstream() as upstream, tempfile.TemporaryDirectory() as data:
+        settings = Settings.load(data_dir=data, compression={"enabled": True},
+                                 providers={"canned": {"kind": "openai-compatible", "base_url": upstream.url}})
+        with ServerThread(create_app(settings)) as server:
+            time.sleep(after)
+            started = time.perf_counter()
+            answer = httpx.post(f"{server.url}/v1/chat/completions", timeout=300, json={
+                "model": "canned/gpt-ok", "messages": [{"role": "user", "content": text}]})
+            seconds = time.perf_counter() - started
+    answer.raise_for_status()
+    return {"seconds": round(seconds, 3), "tokens_saved": answer.headers.get("x-thrifty-tokens-saved")}
+
+
 def keep_rates(value: str) -> tuple[float, ...]:
     """``--rates``: comma-separated keep rates."""
     return tuple(float(x) for x in value.split(","))
@@ -1144,6 +1193,11 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--rates", type=keep_rates, default=RATES,
                    help="comma-separated keep rates (default: 0.5,0.33)")
     q.add_argument("--results", default="", help="the results file (default: compression_qa_pair_<model>.json)")
+    f = sub.add_parser("first-call", help="the proxy's first compressed call, with and without loading at start")
+    f.add_argument("--after", type=float, default=15.0, help="seconds between the start and the call")
+    f.add_argument("--repeats", type=int, default=2)
+    f.add_argument("--child", choices=("on", "off"), default="", help=argparse.SUPPRESS)
+    f.add_argument("--results", default="", help="the results file (default: compression_first_call.json)")
     g = sub.add_parser("languages", help="English paragraphs taken for another language (there should be none)")
     g.add_argument("--results", default="", help="the results file (default: compression_languages.json)")
     r = sub.add_parser("run", help="run the benchmark")
@@ -1183,6 +1237,8 @@ def main(argv: list[str] | None = None) -> None:
         languages(args)
     elif args.command == "qa-pair":
         qa_pair(args)
+    elif args.command == "first-call":
+        first_call(args)
     else:
         run(args)
 
