@@ -233,7 +233,7 @@ def _default_modes(engine: Engine) -> tuple[str, ...]:
         asked = engine.options_for(alias, ThriftyOptions()).compress
         if isinstance(asked, CompressOptions):
             modes.add(asked.mode or s.mode)
-        elif asked is True or (asked is None and s.enabled):
+        elif asked is True:
             modes.add(s.mode)
     return tuple(sorted(modes))
 
