@@ -69,6 +69,7 @@ from thrifty.types import (
 )
 
 if TYPE_CHECKING:
+    from thrifty.compressors.base import TextCompressor
     from thrifty.middleware.engine import Engine
 
 __all__ = ["CompressionStage"]
@@ -114,12 +115,16 @@ class CompressionStage(Stage):
         """Load the compressor in each mode that calls compress in without asking (the settings' when
         ``enabled``, an alias's that asks), so the first of them does not wait seconds for the model and,
         on a new machine, the measurement of its precision."""
+        for mode in self.warm:
+            self._compressor(mode)
+
+    def _compressor(self, mode: str) -> TextCompressor:
+        """The configured compressor in ``mode``, built once per process (see ``load_compressor``)."""
         from thrifty.compressors.base import load_compressor
 
         s = self.settings
-        for mode in self.warm:
-            load_compressor(s.compressor, mode=mode, model=None if s.model is None else str(s.model),
-                            precision=s.precision)
+        return load_compressor(s.compressor, mode=mode, model=None if s.model is None else str(s.model),
+                               precision=s.precision)
 
     # ------------------------------------------------------------ the call
 
@@ -168,10 +173,7 @@ class CompressionStage(Stage):
         s = self.settings
         t0 = time.perf_counter()
         try:
-            from thrifty.compressors.base import load_compressor
-
-            compressor = load_compressor(s.compressor, mode=plan.mode,
-                                         model=None if s.model is None else str(s.model), precision=s.precision)
+            compressor = self._compressor(plan.mode)
             extra = {name: value for name, value in (("sentence_weight", plan.sentence_weight),
                                                      ("relation_weight", plan.relation_weight))
                      if value is not None}
