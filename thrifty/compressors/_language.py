@@ -119,10 +119,11 @@ class ParagraphLanguages:
             for word in STOP_WORDS[name].split():
                 pieces = list(encode(word))
                 if 0 < len(pieces) <= _MAX_PIECES:
-                    key = self._key(*(np.array([p]) for p in pieces))[0]
-                    bits[int(key)] = bits.get(int(key), 0) | 1 << k
-        self._keys = np.array(sorted(bits), dtype=np.int64)
-        self._bits = np.array([bits[k] for k in sorted(bits)], dtype=np.int64)
+                    key = int(self._key(*(np.array([p]) for p in pieces))[0])
+                    bits[key] = bits.get(key, 0) | 1 << k
+        keys = sorted(bits)
+        self._keys = np.array(keys, dtype=np.int64)
+        self._bits = np.array([bits[key] for key in keys], dtype=np.int64)
         self._names = names
         self._own = [k for k, name in enumerate(names) if name in languages]
 
