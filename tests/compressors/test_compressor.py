@@ -161,12 +161,13 @@ def test_no_english_passage_of_the_evaluation_set_is_taken_for_another_language(
         assert english.foreign_paragraphs(text) == []
     for text in (GERMAN, RUSSIAN, SPANISH, POLISH):
         assert english.foreign_paragraphs(text) == [(0, len(text))]
-    assert english.foreign_paragraphs(POLISH[:120]) == []  # too short to tell
+    assert english.foreign_paragraphs(POLISH[:120]) == [(0, 120)]  # 16 words, a quarter with Polish letters
+    assert english.foreign_paragraphs(POLISH[:60]) == []  # too short to tell
     assert english.foreign_paragraphs(f"{PASSAGE}\n\n{GERMAN}") == [(len(PASSAGE) + 2, len(PASSAGE) + 2 + len(GERMAN))]
 
 
 #: One sentence of 16-19 words in each language with a stop-word list of its own beyond the Romance and
-#: Germanic six, too short for the rule that needs 20 words and no English.
+#: Germanic six, and in three without one, too short for the rule that needs 20 words and no English.
 SHORT = {
     "pl": "Nowa wersja systemu jest szybsza, ale wymaga więcej pamięci, więc nie można jej uruchomić na starszych "
           "serwerach.",
@@ -183,10 +184,31 @@ SHORT = {
     "ro": "Noua versiune este mai rapidă, dar are nevoie de mai multă memorie și nu poate rula pe servere vechi.",
     "hu": "A rendszer új verziója gyorsabb, de több memóriát igényel, ezért nem lehet régi szervereken futtatni, "
           "mert kevés a hely.",
+    "hr": "Nova verzija sustava je brža, ali treba više memorije, pa se ne može pokrenuti na starijim poslužiteljima.",
+    "sl": "Nova različica sistema je hitrejša, vendar potrebuje več pomnilnika, zato je ni mogoče zagnati na "
+          "starejših strežnikih.",
+    "lt": "Nauja sistemos versija yra greitesnė, bet jai reikia daugiau atminties, todėl jos negalima paleisti "
+          "senuose serveriuose.",
+    "lv": "Jaunā sistēmas versija ir ātrāka, bet tai vajag vairāk atmiņas, tāpēc to nevar palaist uz vecākiem "
+          "serveriem.",
+    "et": "Süsteemi uus versioon on kiirem, kuid see vajab rohkem mälu ja seda ei saa vanematel serveritel "
+          "käivitada.",
+    "tl": "Mas mabilis ang bagong bersyon ng sistema, pero kailangan nito ng mas maraming memorya para tumakbo.",
+    "sw": "Toleo jipya la mfumo ni la haraka zaidi, lakini linahitaji kumbukumbu zaidi na haliwezi kuendeshwa "
+          "kwenye seva za zamani.",
+    "eu": "Sistemaren bertsio berria azkarragoa da, baina memoria gehiago behar du eta ezin da zerbitzari "
+          "zaharretan exekutatu.",
+    "ms": "Versi baharu sistem ini lebih pantas, tetapi ia memerlukan lebih banyak memori dan tidak boleh "
+          "dijalankan pada pelayan lama.",
+    # no list of their own: for an English model, told by their letters beyond a-z
+    "vi": "Phiên bản mới nhanh hơn, nhưng nó cần nhiều bộ nhớ và không chạy được trên máy chủ cũ.",
+    "az": "Sistemin yeni versiyası daha sürətlidir, amma daha çox yaddaş tələb edir və köhnə serverlərdə işləyə "
+          "bilmir.",
+    "is": "Nýja útgáfan af kerfinu er hraðari, en hún þarf meira minni og getur ekki keyrt á eldri netþjónum.",
 }
 
 
-def test_short_paragraphs_in_languages_with_a_list_are_told(tmp_path):
+def test_short_paragraphs_in_other_languages_are_told(tmp_path):
     # the stop words are looked up by their whole pieces: most of these are split by an English vocabulary
     from tests.compressors.weights_support import make_weights
     from thrifty.compressors.lingua import Compressor
@@ -199,6 +221,15 @@ def test_short_paragraphs_in_languages_with_a_list_are_told(tmp_path):
         assert text in out.text and out.foreign_chars == len(text), language
     same = "The new version of the system is faster, but it needs more memory and cannot run on older servers."
     assert english.foreign_paragraphs(same) == []
+    names = "The orchestra played works by Dvořák, Janáček, Martinů and Smetana in Prague on a cold Sunday evening."
+    assert english.foreign_paragraphs(names) == []  # a few names with accents are still English
+    # the letters tell only for a model of languages written in a-z: to one that reads German, German with
+    # many umlauts is its own
+    umlauts = ("Über die Änderungen müssen Bürger früh informiert werden, während ältere Gebäude später "
+               "geprüft und gründlich überarbeitet würden.")
+    assert english.foreign_paragraphs(umlauts) == [(0, len(umlauts))]
+    german = Compressor.load("exact", str(make_weights(tmp_path / "de", languages=["en", "de"])))
+    assert german.foreign_paragraphs(umlauts) == []
 
 
 def test_malformed_unicode_survives(exact):

@@ -12,21 +12,26 @@ already tokenized (each stop word matched by its whole sequence of pieces,
 so that words an English vocabulary splits, "już" or "için", count): a
 paragraph of at least :data:`MIN_WORDS` words whose words are mostly in a
 script other than Latin is in none of the languages below; otherwise it is
-in another language when some other list of :data:`STOP_WORDS` (seventeen
+in another language when some other list of :data:`STOP_WORDS` (twenty-six
 languages) covers at least :data:`MIN_SHARE` of its words and :data:`MARGIN`
-times the share the model's own languages' lists cover, or, for a language
-without a list here (Estonian, Latvian, Vietnamese...), when it has at least
-:data:`SPARSE_WORDS` words and the model's own lists cover less than
-:data:`SPARSE_SHARE` of them. A shorter paragraph, or one that no list covers that well
-(lists of names, identifiers, headings), is left undecided and compressed as
-before: a wrong "foreign" only costs the saving on that paragraph, a wrong
-"undecided" is what happened before. Of 9,739 English paragraphs (the
+times the share the model's own languages' lists cover; or, for a model of
+languages written in a-z alone (:data:`UNMARKED`: English), when at least
+:data:`MARKED_SHARE` of its words carry a letter beyond a-z (Vietnamese,
+Azerbaijani, Icelandic, Slovak..., whose stop words an English vocabulary
+reads as English ones once their accents are stripped: Vietnamese "thể",
+"cần" are "the", "can"); or, for a language without a list here and without
+such letters (Welsh, Somali...), when it has at least :data:`SPARSE_WORDS`
+words and the model's own lists cover less than :data:`SPARSE_SHARE` of
+them. A shorter paragraph, or one that no rule decides (lists of names,
+identifiers, headings), is left undecided and compressed as before: a wrong
+"foreign" only costs the saving on that paragraph, a wrong "undecided" is
+what happened before. Of 9,739 English paragraphs (the
 training corpus's held-out and training passages and the evaluation set:
 ``bench/compression.py languages``), five are kept whole: a "lorem ipsum"
 (which is Latin), two lists of Tk option names and, twice, a terse paragraph
 of technical English ("WebSocket translation sessions accept base64-encoded
 24 kHz PCM16 mono little-endian raw audio bytes..."), all by the sparse
-rule; none by another language's list (a citation, "Kautsky et al. ...
+rule; none by its letters, none by another language's list (a citation, "Kautsky et al. ...
 https://la.epfl.ch/...", came closest, Italian's list covering twice
 English's). A paragraph of German, Spanish or Dutch news prose has a third
 of its words on its own list and almost none on English's.
@@ -80,7 +85,25 @@ STOP_WORDS: dict[str, str] = {
     "ro": "și de la cu pe nu este mai din pentru sau sunt fost au ce fi să prin",
     "hu": "az és hogy nem egy van meg ez azt ki már csak mert vagy még kell ezért után pedig lesz nagyon sok "
           "több amely amit aki között így",
+    "hr": "je se na da za su od ne što kao ali iz bi sa ili će nije koji koja koje samo jer još već kada biti "
+          "bila može prema nakon",
+    "sl": "je se na da za ki ne tudi bi ali kot od iz še že ker bo sem smo lahko vendar zato več kar ter pri",
+    "lt": "ir yra kad bet su ne nes kaip jau tai buvo jo jos tik dar apie arba kuris kuri taip todėl kai nuo "
+          "prie labai jie",
+    "lv": "un ir ka uz bet kas tā vai arī jau tikai nav bija pēc kā jo tas lai tiek vairs kad vēl tāpēc",
+    "et": "ja ei ka kui oli aga mis nii või siis kes veel seda mida ning kuid pole üle oma olla selle sest enam "
+          "nad kõik vaid juba ta",
+    "tl": "ang ng sa na ay mga ako hindi ito siya niya kung din rin nang mas pero kay ni naman lahat",
+    "sw": "na ya wa kwa za ni katika hii huo kama lakini pia hata sana baada kwamba ili hiyo yake wake cha",
+    "eu": "eta da ez du ere baina dira izan hau bere dute egin behar gehiago oso beste dela zuen",
+    "ms": "yang dan di ini itu dengan untuk tidak dari dalam akan pada juga ke kerana ada oleh telah boleh ia "
+          "bahawa mereka atau lebih",
 }
+
+#: Languages whose prose is written in the unmarked letters a-z alone. For a model trained only on them, a
+#: paragraph whose words often carry letters beyond those (Vietnamese, Azerbaijani, Icelandic...) is in
+#: another language whatever its stop words: see :data:`MARKED_SHARE`.
+UNMARKED = frozenset({"en", "id", "ms", "sw", "tl", "eu"})
 
 #: Fewest letter words in a paragraph for a decision.
 MIN_WORDS = 12
@@ -91,9 +114,14 @@ MIN_SHARE = 0.15
 MARGIN = 4.0
 #: A paragraph of at least :data:`SPARSE_WORDS` Latin-script words of which the model's own languages'
 #: stop words cover less than this share is in none of them, whichever language it is in (one without a
-#: list here: Estonian, Latvian, Vietnamese...): English prose covers 12% or more in 99 paragraphs of 100.
+#: list here: Welsh, Somali, Zulu...): English prose covers 12% or more in 99 paragraphs of 100.
 SPARSE_SHARE = 0.03
 SPARSE_WORDS = 20
+#: For a model of :data:`UNMARKED` languages only, the least share of a paragraph's Latin-script words with a
+#: letter beyond a-z (an accent, or a letter such as "ơ", "ə" or "þ") for it to be in another language: of
+#: 9,739 English paragraphs the most had 8.7% ("Ondřej Čertík stepped down as lead developer..."), a
+#: Vietnamese sentence has 80% or more, Slovak, Icelandic or Azerbaijani a third or more.
+MARKED_SHARE = 0.25
 #: Most pieces of a stop word as the tokenizer splits it.
 _MAX_PIECES = 3
 
@@ -126,6 +154,7 @@ class ParagraphLanguages:
         self._bits = np.array([bits[key] for key in keys], dtype=np.int64)
         self._names = names
         self._own = [k for k, name in enumerate(names) if name in languages]
+        self._unmarked = languages <= UNMARKED
 
     def _key(self, *pieces: np.ndarray) -> np.ndarray:
         """One integer per word from its first pieces' ids (each -1 where the word has no such piece)."""
@@ -144,20 +173,19 @@ class ParagraphLanguages:
         at = np.minimum(np.searchsorted(self._keys, key), len(self._keys) - 1)
         return np.where((self._keys[at] == key) & (counts <= _MAX_PIECES), self._bits[at], 0)
 
-    def foreign(self, text: str, codes: np.ndarray, ids: np.ndarray, first: np.ndarray, counts: np.ndarray,
+    def foreign(self, text: str, points: np.ndarray, ids: np.ndarray, first: np.ndarray, counts: np.ndarray,
                 starts: np.ndarray, ends: np.ndarray) -> list[tuple[int, int]]:
         """Character spans of the paragraphs in none of the model's languages.
 
-        ``codes`` is the code point each word starts with (:func:`~thrifty.compressors._scripts.first_codes`),
-        ``ids`` the text's piece ids, ``first`` each word's first piece among them and ``counts`` its number
-        of pieces, ``starts``/``ends`` the words' character spans.
+        ``points`` are the text's code points (:func:`~thrifty.compressors._scripts.code_points`), ``ids``
+        its piece ids, ``first`` each word's first piece among them and ``counts`` its number of pieces,
+        ``starts``/``ends`` the words' character spans.
         """
         if not self.active or len(starts) < MIN_WORDS:
             return []
+        codes = points[starts]
         lower = codes | 0x20
-        latin = (((lower >= 0x61) & (lower <= 0x7A))
-                 | ((codes >= 0xC0) & (codes <= 0x24F) & (codes != 0xD7) & (codes != 0xF7))
-                 | ((codes >= 0x1E00) & (codes <= 0x1EFF)))
+        latin = ((lower >= 0x61) & (lower <= 0x7A)) | _marked(codes)
         symbol = (((codes >= 0x2000) & (codes <= 0x2BFF)) | ((codes >= 0x3000) & (codes <= 0x303F))
                   | ((codes >= 0xFE00) & (codes <= 0xFFFF)) | (codes >= 0x1F000))
         other = (codes >= 0x370) & ~latin & ~symbol
@@ -166,6 +194,15 @@ class ParagraphLanguages:
         count = len(breaks) + 1
         n_latin = np.bincount(paragraph, weights=latin, minlength=count)
         n_other = np.bincount(paragraph, weights=other, minlength=count)
+        n_marked = np.zeros(count)
+        if self._unmarked:  # the marked letters, placed in their words
+            at = np.flatnonzero(points >= _MARKED_RANGES[0][0])
+            at = at[_marked(points[at])]
+            word = np.searchsorted(starts, at, side="right") - 1
+            word = word[(word >= 0) & (at < ends[np.maximum(word, 0)])]
+            marked = np.zeros(len(starts), dtype=bool)
+            marked[word] = True
+            n_marked = np.bincount(paragraph, weights=marked & latin, minlength=count)
         bits = np.where(latin, self._stop_bits(ids, first, counts), 0)
         hit = np.flatnonzero(bits)  # the stop words, counted per paragraph and language in one pass
         langs = len(self._names)
@@ -176,9 +213,23 @@ class ParagraphLanguages:
         top, own = shares.max(axis=0), shares[self._own].max(axis=0)
         decided = (n_latin + n_other >= MIN_WORDS)
         foreign = decided & ((n_other > n_latin) | ((top >= MIN_SHARE) & (top >= MARGIN * own))
-                             | ((n_latin >= SPARSE_WORDS) & (own < SPARSE_SHARE)))
+                             | ((n_latin >= SPARSE_WORDS) & (own < SPARSE_SHARE))
+                             | ((n_marked > 0) & (n_marked >= MARKED_SHARE * n_latin)))
         if not foreign.any():
             return []
         bounds = np.searchsorted(paragraph, np.arange(count + 1), side="left")
         return [(int(starts[bounds[p]]), int(ends[bounds[p + 1] - 1])) for p in np.flatnonzero(foreign)
                 if bounds[p + 1] > bounds[p]]
+
+
+#: The Latin letters beyond a-z, as code point ranges: Latin-1's letters, Latin Extended-A and -B, and
+#: Latin Extended Additional (Vietnamese's stacked accents).
+_MARKED_RANGES = ((0xC0, 0xD6), (0xD8, 0xF6), (0xF8, 0x24F), (0x1E00, 0x1EFF))
+
+
+def _marked(codes: np.ndarray) -> np.ndarray:
+    """Whether each code point is a Latin letter beyond a-z."""
+    marked = np.zeros(len(codes), dtype=bool)
+    for lo, hi in _MARKED_RANGES:
+        marked |= (codes >= lo) & (codes <= hi)
+    return marked

@@ -18,10 +18,10 @@ SPACELESS_CLASS = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in SPACELESS_BLOCKS)
 SPACELESS_CHAR = re.compile(f"[{SPACELESS_CLASS}]")
 
 
-def first_codes(text: str, starts: np.ndarray) -> np.ndarray:
-    """The code point of the character at each of ``starts`` (character offsets into ``text``), as int64;
-    lone surrogates are read as they are."""
-    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")[starts].astype(np.int64)
+def code_points(text: str) -> np.ndarray:
+    """The code point of each character of ``text`` (lone surrogates read as they are), indexed by character
+    offset."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
 
 
 def is_spaceless(ch: str) -> bool:

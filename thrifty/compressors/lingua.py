@@ -110,7 +110,7 @@ from thrifty.compressors._scripts import (
     SPACELESS_BLOCKS,
     SPACELESS_CHAR,
     SPACELESS_LANGUAGES,
-    first_codes,
+    code_points,
     is_spaceless,
 )
 from thrifty.compressors.base import CompressResult, Progress
@@ -322,7 +322,7 @@ class Compressor:
         if not self._paragraphs.active or not len(ids):
             return []
         _, first, counts, starts, ends = self._word_bounds(ids, offs)
-        return self._paragraphs.foreign(text, first_codes(text, starts), ids, first, counts, starts, ends)
+        return self._paragraphs.foreign(text, code_points(text), ids, first, counts, starts, ends)
 
     # ------------------------------------------------------------ the method
 
@@ -372,12 +372,12 @@ class Compressor:
         spans = protected_spans(text, defaults=protect, force_keep=force_keep, patterns=patterns)
         spaceless = protect and self._spaceless_whole and SPACELESS_CHAR.search(text)
         foreign_check = protect and self._paragraphs.active
-        codes = first_codes(text, starts) if spaceless or foreign_check else None
+        points = code_points(text) if spaceless or foreign_check else None
         if spaceless:
-            spans = merge_spans(spans + _spaceless_runs(codes, starts, ends))
+            spans = merge_spans(spans + _spaceless_runs(points[starts], starts, ends))
         foreign_chars, all_foreign = 0, False
         if foreign_check:
-            foreign = self._paragraphs.foreign(text, codes, ids, first, counts, starts, ends)
+            foreign = self._paragraphs.foreign(text, points, ids, first, counts, starts, ends)
             if foreign:
                 spans = merge_spans(spans + foreign)
                 # the paragraphs are whole words: count those inside them
