@@ -1102,13 +1102,13 @@ def first_call(args: argparse.Namespace) -> None:
 def _first_call_child(warm: bool, after: float) -> dict[str, Any]:
     import httpx
 
-    from thrifty.middleware.engine import Engine
+    from thrifty.compressors.stage import CompressionStage
     from thrifty.middleware.server import create_app
     from thrifty.settings import Settings
     from thrifty.testing import CannedUpstream, ServerThread
 
-    if not warm:
-        Engine.warm_up = lambda self: None  # type: ignore[method-assign]
+    if not warm:  # the compressor loads on the first call (the price table is still warmed)
+        CompressionStage.warm_up = lambda self: None  # type: ignore[method-assign]
     text = (ROOT / "README.md").read_text(encoding="utf-8")[:6000]
     with CannedUpstream() as upstream, tempfile.TemporaryDirectory() as data:
         settings = Settings.load(data_dir=data, compression={"enabled": True},

@@ -402,3 +402,29 @@ def test_the_proxy_loads_the_compressor_as_it_starts(tmp_path, upstream, weights
         assert "did not warm up" in caplog.text
     finally:
         broken.close()
+
+
+def test_a_wrapped_client_loads_the_compressor_as_it_is_wrapped(tmp_path, upstream, weights):
+    # the wrapper's first call that compresses unasked should not wait for the model either
+    import time
+
+    from thrifty.compressors import base
+
+    key = ("llmlingua2", "exact", str(weights), "float32")
+    base._instances.pop(key, None)
+    engine = _engine(tmp_path, upstream, weights, enabled=True, mode="exact", precision="float32")
+    try:
+        sent = len(upstream.requests)
+        client = oai(engine, upstream)
+        warming = engine._warming
+        assert warming is not None and warming.daemon
+        deadline = time.monotonic() + 120
+        while key not in base._instances and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert key in base._instances and len(upstream.requests) == sent  # loaded before any call was made
+        oai(engine, upstream)
+        assert engine._warming is warming  # once per engine, however many clients it wraps
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": LONG}])
+        assert savings(engine)[0]["tokens_after"] < savings(engine)[0]["tokens_before"]
+    finally:
+        engine.close()

@@ -132,6 +132,7 @@ class Engine:
         self.settings = settings if settings is not None else Settings.load()
         self._providers: dict[str, Provider] = {}
         self._lock = threading.Lock()
+        self._warming: threading.Thread | None = None
         use_ledger = self.settings.ledger.enabled if ledger is None else ledger
         self.recorder = recorder
         self.observer = None
@@ -221,11 +222,21 @@ class Engine:
             self.observer.record_failure(request, ctx, exc)
 
     def warm_up(self) -> None:
-        """Let each stage load what its first calls would otherwise wait for (:meth:`Stage.warm_up`).
+        """Load what the first calls would otherwise wait for: the price table that every call's cost
+        needs, and each stage's models (:meth:`Stage.warm_up`: the compressor, where calls compress without
+        asking). Not the tokenizers (~100 MB, loaded on first use: count_tokens, and streams that report
+        no usage).
 
-        ``thrifty serve`` calls it off the event loop as it starts; a stage that fails to warm up is
-        logged and left to load on its first call, which reports the error in the caller's shape.
+        A stage that fails to warm up is logged and left to load on its first call, which reports the
+        error in the caller's shape. See :meth:`warm_up_in_background`.
         """
+        try:
+            from thrifty.ledger import pricing
+            from thrifty.types import Usage
+
+            pricing.price(Usage(input_tokens=1), "gpt-4o-mini", pricing_id="openai", is_local=False)
+        except Exception:  # noqa: BLE001 - warming up is an optimisation
+            log.debug("warm-up of the price table failed", exc_info=True)
         for stage in self.pipeline.stages:
             try:
                 stage.warm_up()
@@ -233,6 +244,16 @@ class Engine:
                 log.warning("%r did not warm up (%s: %s); it loads on its first call", stage,
                             type(exc).__name__, exc)
                 log.debug("warm-up of %r", stage, exc_info=True)
+
+    def warm_up_in_background(self) -> None:
+        """:meth:`warm_up` in a daemon thread, started once per engine: ``thrifty serve`` starts it as it
+        starts, ``thrifty.wrap`` as it wraps a client. A call made before it is done waits only for what
+        is still loading (the compressor is built once per process, under a lock)."""
+        with self._lock:
+            if self._warming is not None:
+                return
+            self._warming = threading.Thread(target=self.warm_up, name="thrifty-warm-up", daemon=True)
+        self._warming.start()
 
     def close(self) -> None:
         for provider in list(self._providers.values()):

@@ -60,9 +60,9 @@ class Stage:
         return await self.next.ahandle(self.prepare(request, ctx), ctx)
 
     def warm_up(self) -> None:
-        """Load what this stage's first calls would otherwise wait for (a model, say); the proxy calls it
-        once, off the event loop, as it starts (:meth:`~thrifty.middleware.engine.Engine.warm_up`). The
-        default does nothing."""
+        """Load what this stage's first calls would otherwise wait for (a model, say); called once, in a
+        thread of its own, as the proxy starts or the wrapper wraps a client
+        (:meth:`~thrifty.middleware.engine.Engine.warm_up_in_background`). The default does nothing."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} kind={self.kind!r}>"

@@ -6,7 +6,6 @@ import asyncio
 import hmac
 import json
 import logging
-import threading
 from collections.abc import Awaitable, Callable
 
 from thrifty.errors import AuthenticationError, ThriftyError
@@ -202,7 +201,7 @@ class ProxyApp:
         if self._started:
             return
         self._started = True
-        threading.Thread(target=_warm_up, args=(self.engine,), name="thrifty-warm-up", daemon=True).start()
+        self.engine.warm_up_in_background()
 
     async def aclose(self) -> None:
         """Flush the ledger and close the upstream clients (when the app made its engine), and the key store."""
@@ -232,20 +231,6 @@ def _default_route(engine: Engine) -> str | None:
         return default_model_of(engine)
     except Exception:  # noqa: BLE001 - no default model: the list just lacks "default"
         return None
-
-
-def _warm_up(engine: Engine) -> None:
-    # the price table, which every call's cost header needs; not the tokenizers (~100 MB, loaded on
-    # first use: count_tokens, and streams that report no usage); then the stages' models (the
-    # compressor, where calls compress without asking)
-    try:
-        from thrifty.ledger import pricing
-        from thrifty.types import Usage
-
-        pricing.price(Usage(input_tokens=1), "gpt-4o-mini", pricing_id="openai", is_local=False)
-    except Exception:  # noqa: BLE001 - warming up is an optimisation
-        log.debug("warm-up failed", exc_info=True)
-    engine.warm_up()
 
 
 def _cors(app: ASGIApp, origins: list[str]) -> ASGIApp:

@@ -53,6 +53,7 @@ def wrap(client: Any, *, engine: Engine | None = None) -> Any:
         return wrap_langchain(client, engine if engine is not None else default_engine(), wrap)
     kind, is_async = _client_kind(client)
     engine = engine if engine is not None else default_engine()
+    engine.warm_up_in_background()  # the price table, and the compressor where calls compress unasked
     if kind == "openai":
         binding = _openai_binding(client, is_async)
     else:
