@@ -1050,8 +1050,13 @@ def qa_pair(args: argparse.Namespace) -> None:
 
 
 def languages(args: argparse.Namespace) -> None:
-    """English paragraphs taken for another language (and so kept whole) by thrifty's English model: those of
-    the training corpus's held-out and training passages and of the evaluation set. There should be none."""
+    """Paragraphs of at least MIN_WORDS words that thrifty's English model keeps whole as in another language.
+
+    English: those of the training corpus's held-out and training passages and of the evaluation set (there
+    should be none). Then, where the machine has gettext catalogs (``--locale-dir``, Debian's
+    ``/usr/share/locale``), real text in other languages: each language's translated messages (up to
+    ``--per-language`` paragraphs, sampled with a fixed seed), and, as English of another kind, the
+    catalogs' English originals (usage lines, option tables, help text)."""
     from thrifty.compressors import Compressor, _data
     from thrifty.compressors._language import MIN_WORDS, PARAGRAPH_BREAK
 
@@ -1060,12 +1065,59 @@ def languages(args: argparse.Namespace) -> None:
     texts += [r["passage"] for r in read_set("eval")]
     paragraphs = [p for t in texts for p in PARAGRAPH_BREAK.split(t) if len(p.split()) >= MIN_WORDS]
     taken = [t[a:b] for t in texts for a, b in compressor.foreign_paragraphs(t)]
-    out = {"passages": len(texts), "paragraphs_of_min_words": len(paragraphs), "taken_for_another_language": taken}
+    out: dict[str, Any] = {"machine": machine(), "passages": len(texts), "paragraphs_of_min_words": len(paragraphs),
+                           "taken_for_another_language": taken}
     print(f"{len(taken)} of {len(paragraphs)} English paragraphs of at least {MIN_WORDS} words "
           f"({len(texts)} passages) taken for another language")
     for text in taken:
         print(f"  {text[:120]!r}")
+    originals, translated = _catalog_paragraphs(Path(args.locale_dir), MIN_WORDS, PARAGRAPH_BREAK)
+    if originals:
+        def told(paragraphs: list[str]) -> int:
+            return sum(1 for p in paragraphs if compressor.foreign_paragraphs(p))
+
+        english = told(originals)
+        print(f"\ngettext catalogs in {args.locale_dir}: {english} of {len(originals)} English originals taken "
+              "for another language")
+        rng = random.Random(args.seed)
+        recall = {}
+        for lang, found in sorted(translated.items()):
+            if len(found) >= 20:
+                sample = rng.sample(found, min(args.per_language, len(found)))
+                recall[lang] = {"paragraphs": len(sample), "kept_whole": told(sample)}
+        shares = {lang: r["kept_whole"] / r["paragraphs"] for lang, r in recall.items()}
+        print(f"translated messages kept whole, {len(recall)} languages (mean {statistics.mean(shares.values()):.3f}):")
+        ranked = sorted(shares, key=lambda lang: shares[lang])
+        for start in range(0, len(ranked), 8):
+            print("  " + "  ".join(f"{lang} {shares[lang]:.2f}" for lang in ranked[start:start + 8]))
+        out["catalogs"] = {"locale_dir": args.locale_dir, "seed": args.seed,
+                           "english_originals": len(originals), "english_taken": english,
+                           "mean_kept_whole": statistics.mean(shares.values()), "languages": recall}
     write_results(out, args.results, "compression_languages.json")
+
+
+def _catalog_paragraphs(root: Path, min_words: int, breaks: re.Pattern[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """The paragraphs of at least ``min_words`` words in the gettext catalogs under ``root``: the English
+    originals, and per language its translations (English variants such as en_GB left out, and messages
+    left untranslated), each deduplicated and sorted."""
+    import gettext
+
+    originals: set[str] = set()
+    translated: dict[str, set[str]] = {}
+    for path in sorted(root.glob("*/LC_MESSAGES/*.mo")):
+        lang = path.parts[-3]
+        try:
+            with path.open("rb") as f:
+                catalog = gettext.GNUTranslations(f)._catalog  # type: ignore[attr-defined]
+        except (OSError, UnicodeError, LookupError, ValueError):  # unreadable, or in an odd charset
+            continue
+        for key, text in catalog.items():
+            source = key if isinstance(key, str) else key[0]
+            originals.update(p for p in breaks.split(source) if len(p.split()) >= min_words)
+            if isinstance(text, str) and text != source and not lang.startswith("en"):
+                translated.setdefault(lang, set()).update(
+                    p for p in breaks.split(text) if len(p.split()) >= min_words)
+    return sorted(originals), {lang: sorted(found) for lang, found in translated.items()}
 
 
 def write_results(out: dict[str, Any], given: str, name: str) -> None:
@@ -1198,7 +1250,11 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--repeats", type=int, default=2)
     f.add_argument("--child", choices=("on", "off"), default="", help=argparse.SUPPRESS)
     f.add_argument("--results", default="", help="the results file (default: compression_first_call.json)")
-    g = sub.add_parser("languages", help="English paragraphs taken for another language (there should be none)")
+    g = sub.add_parser("languages", help="paragraphs kept whole as in another language: English (there should "
+                       "be none), and the translations in the machine's gettext catalogs")
+    g.add_argument("--locale-dir", default="/usr/share/locale", help="where the gettext catalogs (*.mo) are")
+    g.add_argument("--per-language", type=int, default=200, help="translated paragraphs sampled per language")
+    g.add_argument("--seed", type=int, default=0)
     g.add_argument("--results", default="", help="the results file (default: compression_languages.json)")
     r = sub.add_parser("run", help="run the benchmark")
     r.add_argument("--qa-model", default=QA_MODEL, choices=sorted(bench_models.MODELS))
