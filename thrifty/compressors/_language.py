@@ -25,16 +25,20 @@ words and the model's own lists cover less than :data:`SPARSE_SHARE` of
 them. A shorter paragraph, or one that no rule decides (lists of names,
 identifiers, headings), is left undecided and compressed as before: a wrong
 "foreign" only costs the saving on that paragraph, a wrong "undecided" is
-what happened before. Of 9,739 English paragraphs (the
-training corpus's held-out and training passages and the evaluation set:
+what happened before. Of 9,739 English paragraphs (the training corpus's
+held-out and training passages and the evaluation set:
 ``bench/compression.py languages``), five are kept whole: a "lorem ipsum"
 (which is Latin), two lists of Tk option names and, twice, a terse paragraph
 of technical English ("WebSocket translation sessions accept base64-encoded
 24 kHz PCM16 mono little-endian raw audio bytes..."), all by the sparse
-rule; none by its letters, none by another language's list (a citation, "Kautsky et al. ...
-https://la.epfl.ch/...", came closest, Italian's list covering twice
-English's). A paragraph of German, Spanish or Dutch news prose has a third
-of its words on its own list and almost none on English's.
+rule; none by its letters, none by another language's list (a citation,
+"Kautsky et al. ... https://la.epfl.ch/...", came closest, Italian's list
+covering twice English's). A paragraph of German, Spanish or Dutch news
+prose has a third of its words on its own list and almost none on
+English's. The same bench reads the machine's gettext catalogs: of their
+translated messages in 100 languages it keeps 83% whole, and takes 83 of
+5,908 English help texts for another language, nearly all usage synopses
+and option tables.
 
 It decides only for models whose languages are all in :data:`STOP_WORDS`;
 for others (no languages named, or one this table cannot tell) it says

@@ -153,3 +153,21 @@ def test_disconnect_mid_stream_stops_the_local_model(local_proxy):
     client = openai.OpenAI(base_url=local_proxy.openai_url, api_key="unused", max_retries=0)
     client.chat.completions.create(model="default", messages=MSG, max_tokens=2)
     assert time.monotonic() - started < 10
+
+
+def test_the_proxy_loads_the_default_model_as_it_starts(tmp_path):
+    # on a fresh machine every call goes to the local model: the first should not wait seconds for it
+    from tests.middleware.server.conftest import start_proxy
+    from thrifty import Settings
+    from thrifty.middleware.providers.local._models import model_store
+
+    store = model_store()
+    store.clear()
+    for proxy in start_proxy(Settings.load(data_dir=tmp_path / "data")):
+        deadline = time.monotonic() + 120
+        while not store._models and time.monotonic() < deadline:
+            time.sleep(0.05)
+        loaded = [key[0] for key in store._models]
+        assert len(loaded) == 1 and ":smollm2-135m-" in loaded[0] and proxy.rows() == []  # before any call
+        client = openai.OpenAI(base_url=proxy.openai_url, api_key="unused", max_retries=0)
+        assert client.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=2).choices

@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import json
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 
 from thrifty.errors import AuthenticationError, ThriftyError
@@ -196,12 +197,14 @@ class ProxyApp:
                 return
 
     def startup(self) -> None:
-        """Warm what the first calls would otherwise wait for (the price table, the stages' models), off
-        the event loop."""
+        """Warm what the first calls would otherwise wait for (the price table, the stages' models and,
+        with no provider keys, the local default model), off the event loop."""
         if self._started:
             return
         self._started = True
         self.engine.warm_up_in_background()
+        if self._entry.defaults.active:  # no provider keys: every call goes to the local default model
+            threading.Thread(target=self._entry.defaults.warm_up, name="thrifty-warm-up-model", daemon=True).start()
 
     async def aclose(self) -> None:
         """Flush the ledger and close the upstream clients (when the app made its engine), and the key store."""

@@ -108,6 +108,20 @@ class ModelDefaults:
             self._model = default_model_of(self._engine)
         return self._model
 
+    def warm_up(self) -> None:
+        """Load the default model, which answers every call while active, so that the first call does not
+        wait seconds for it; the proxy calls it in a thread of its own as it starts. A model that fails to
+        load is logged and reported by the first call that needs it, in the caller's shape."""
+        if not self.active:
+            return
+        try:
+            provider, _, model = self.model.partition("/")
+            self._engine.provider(provider).load(model)  # type: ignore[attr-defined] - active: a local provider
+        except Exception as exc:  # noqa: BLE001 - warming up is an optimisation
+            log.warning("the default model did not load (%s: %s); it loads on its first call",
+                        type(exc).__name__, exc)
+            log.debug("warm-up of the default model", exc_info=True)
+
 
 def has_provider_keys(settings: Any) -> bool:
     """Whether any upstream besides local models is configured to be callable."""
