@@ -103,6 +103,37 @@ def test_concurrent_migrations_from_several_processes(
         assert conn.execute(sa.text(f"SELECT count(*) FROM {VERSION_TABLE}")).scalar_one() == 1
 
 
+def test_concurrent_migrations_of_several_databases_from_threads(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # two engines of one process (the proxy's and a wrapper's, say) start their ledgers at once: Alembic's
+    # operations go through module-wide proxies, so unserialised they ran against each other's databases
+    # (one "index already exists", the other left without tables and its calls spilled)
+    import threading
+
+    urls = [f"sqlite:///{tmp_path / f'ledger-{i}.db'}" for i in range(6)]
+    start = threading.Barrier(len(urls))
+    errors: list[BaseException] = []
+
+    def run(url: str) -> None:
+        start.wait()
+        try:
+            migrate(url)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(url,)) for url in urls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    for url in urls:
+        engine = create_engine(url)
+        try:
+            assert schema_diff(engine) == []
+        finally:
+            engine.dispose()
+
+
 def test_ledger_leaves_a_host_applications_alembic_alone(
     fresh_url: str, engine_for: Callable[[str], sa.Engine]
 ) -> None:

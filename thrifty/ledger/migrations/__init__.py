@@ -3,7 +3,10 @@
 :func:`migrate` brings a database to the newest schema. It is idempotent and
 safe when several processes start at once: on PostgreSQL they serialize on a
 transaction-level advisory lock, on SQLite on a lock file beside the database,
-and whoever comes second finds the schema already at head.
+and whoever comes second finds the schema already at head. Within a process,
+migrations take turns, whatever their databases: Alembic's ``op`` and
+``context`` are module-wide proxies, so two at once ran each other's
+operations on the wrong database.
 
 Alembic's version table is ``thrifty_alembic_version``, so the ledger can live in
 a database whose application uses Alembic for its own tables.
@@ -14,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from importlib.resources import files
 from pathlib import Path
@@ -32,6 +36,8 @@ log = logging.getLogger("thrifty.ledger")
 VERSION_TABLE = "thrifty_alembic_version"
 #: pg_advisory_xact_lock key: the first 8 bytes of sha1("thrifty.ledger.migrate"), as a signed bigint
 _PG_LOCK_KEY = int.from_bytes(bytes.fromhex("5a1c2b9d6e0f4a73"), "big", signed=True)
+#: One migration at a time in this process (see the module docstring); taken before the inter-process locks.
+_THREAD_LOCK = threading.Lock()
 
 
 def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
@@ -94,7 +100,7 @@ def _upgrade(engine: Engine) -> None:
     from alembic import command
 
     head = head_revision()
-    with _process_lock(engine), engine.begin() as conn:
+    with _THREAD_LOCK, _process_lock(engine), engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # held to the end of this transaction; PostgreSQL's DDL is transactional,
             # so a second process waits here and then finds the schema at head
