@@ -16,7 +16,8 @@ in another language when some other list of :data:`STOP_WORDS` (twenty-six
 languages) covers at least :data:`MIN_SHARE` of its words and :data:`MARGIN`
 times the share the model's own languages' lists cover; or, for a model of
 languages written in a-z alone (:data:`UNMARKED`: English), when at least
-:data:`MARKED_SHARE` of its words carry a letter beyond a-z (Vietnamese,
+:data:`MARKED_SHARE` of its words carry a letter beyond a-z and few are the
+model's stop words (:data:`MARKED_OWN`) (Vietnamese,
 Azerbaijani, Icelandic, Slovak..., whose stop words an English vocabulary
 reads as English ones once their accents are stripped: Vietnamese "thể",
 "cần" are "the", "can"); or, for a language without a list here and without
@@ -52,7 +53,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["MARGIN", "MIN_SHARE", "MIN_WORDS", "PARAGRAPH_BREAK", "SPARSE_SHARE", "SPARSE_WORDS", "STOP_WORDS", "ParagraphLanguages"]
+__all__ = ["MARGIN", "MARKED_OWN", "MARKED_SHARE", "MIN_SHARE", "MIN_WORDS", "PARAGRAPH_BREAK", "SPARSE_SHARE",
+           "SPARSE_WORDS", "STOP_WORDS", "UNMARKED", "ParagraphLanguages"]
 
 #: The most frequent short words of each language, as written (the tokenizer's normaliser is applied
 #: when they are looked up). Words that most of these languages share ("a", "o"), or that English
@@ -127,6 +129,11 @@ SPARSE_WORDS = 20
 #: none of 5,908 English help texts had 12% (``bench/compression.py languages``); a Vietnamese sentence
 #: has 80% or more, Slovak, Icelandic or Azerbaijani a third or more, German or Finnish often 20%.
 MARKED_SHARE = 0.2
+#: ... and the model's own stop words must cover less than this share of its words, as they do in under 1 in
+#: 100 English paragraphs, so that English thick with loanwords and names ("crème fraîche, jalapeño and
+#: piña colada", "Müller scored twice, Gündoğan added a third") stays English; Vietnamese, whose words an
+#: English vocabulary reads as "the", "can" or "an" once their accents are stripped, has 5-10%.
+MARKED_OWN = 0.12
 #: Most pieces of a stop word as the tokenizer splits it.
 _MAX_PIECES = 3
 
@@ -219,7 +226,7 @@ class ParagraphLanguages:
         decided = (n_latin + n_other >= MIN_WORDS)
         foreign = decided & ((n_other > n_latin) | ((top >= MIN_SHARE) & (top >= MARGIN * own))
                              | ((n_latin >= SPARSE_WORDS) & (own < SPARSE_SHARE))
-                             | ((n_marked > 0) & (n_marked >= MARKED_SHARE * n_latin)))
+                             | ((n_marked > 0) & (n_marked >= MARKED_SHARE * n_latin) & (own < MARKED_OWN)))
         if not foreign.any():
             return []
         bounds = np.searchsorted(paragraph, np.arange(count + 1), side="left")
