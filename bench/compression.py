@@ -1071,7 +1071,7 @@ def languages(args: argparse.Namespace) -> None:
           f"({len(texts)} passages) taken for another language")
     for text in taken:
         print(f"  {text[:120]!r}")
-    originals, translated = _catalog_paragraphs(Path(args.locale_dir), MIN_WORDS, PARAGRAPH_BREAK)
+    originals, translated = _catalog_paragraphs(Path(args.locale_dir))
     if originals:
         def told(paragraphs: list[str]) -> int:
             return sum(1 for p in paragraphs if compressor.foreign_paragraphs(p))
@@ -1096,11 +1096,16 @@ def languages(args: argparse.Namespace) -> None:
     write_results(out, args.results, "compression_languages.json")
 
 
-def _catalog_paragraphs(root: Path, min_words: int, breaks: re.Pattern[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """The paragraphs of at least ``min_words`` words in the gettext catalogs under ``root``: the English
+def _catalog_paragraphs(root: Path) -> tuple[list[str], dict[str, list[str]]]:
+    """The paragraphs of at least MIN_WORDS words in the gettext catalogs under ``root``: the English
     originals, and per language its translations (English variants such as en_GB left out, and messages
     left untranslated), each deduplicated and sorted."""
     import gettext
+
+    from thrifty.compressors._language import MIN_WORDS, PARAGRAPH_BREAK
+
+    def paragraphs(text: str) -> list[str]:
+        return [p for p in PARAGRAPH_BREAK.split(text) if len(p.split()) >= MIN_WORDS]
 
     originals: set[str] = set()
     translated: dict[str, set[str]] = {}
@@ -1113,10 +1118,9 @@ def _catalog_paragraphs(root: Path, min_words: int, breaks: re.Pattern[str]) -> 
             continue
         for key, text in catalog.items():
             source = key if isinstance(key, str) else key[0]
-            originals.update(p for p in breaks.split(source) if len(p.split()) >= min_words)
+            originals.update(paragraphs(source))
             if isinstance(text, str) and text != source and not lang.startswith("en"):
-                translated.setdefault(lang, set()).update(
-                    p for p in breaks.split(text) if len(p.split()) >= min_words)
+                translated.setdefault(lang, set()).update(paragraphs(text))
     return sorted(originals), {lang: sorted(found) for lang, found in translated.items()}
 
 
