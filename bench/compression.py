@@ -1053,10 +1053,12 @@ def languages(args: argparse.Namespace) -> None:
     """Paragraphs of at least MIN_WORDS words that thrifty's English model keeps whole as in another language.
 
     English: those of the training corpus's held-out and training passages and of the evaluation set (there
-    should be none). Then, where the machine has gettext catalogs (``--locale-dir``, Debian's
-    ``/usr/share/locale``), real text in other languages: each language's translated messages (up to
-    ``--per-language`` paragraphs, sampled with a fixed seed), and, as English of another kind, the
-    catalogs' English originals (usage lines, option tables, help text)."""
+    should be none). Then real text, where the machine has it: the translated messages of its gettext
+    catalogs (``--locale-dir``, Debian's ``/usr/share/locale``) and its translated man pages (``--man-dir``),
+    up to ``--per-language`` paragraphs per language sampled with a fixed seed (a translation's paragraphs
+    found verbatim in the English originals, left untranslated, left out); and, as English of other kinds,
+    the catalogs' English originals (usage lines, option tables, help text) and up to ``--english``
+    paragraphs of the English man pages."""
     from thrifty.compressors import Compressor, _data
     from thrifty.compressors._language import MIN_WORDS, PARAGRAPH_BREAK
 
@@ -1071,29 +1073,41 @@ def languages(args: argparse.Namespace) -> None:
           f"({len(texts)} passages) taken for another language")
     for text in taken:
         print(f"  {text[:120]!r}")
-    originals, translated = _catalog_paragraphs(Path(args.locale_dir))
-    if originals:
-        def told(paragraphs: list[str]) -> int:
-            return sum(1 for p in paragraphs if compressor.foreign_paragraphs(p))
-
-        english = told(originals)
-        print(f"\ngettext catalogs in {args.locale_dir}: {english} of {len(originals)} English originals taken "
-              "for another language")
-        rng = random.Random(args.seed)
-        recall = {}
-        for lang, found in sorted(translated.items()):
-            if len(found) >= 20:
-                sample = rng.sample(found, min(args.per_language, len(found)))
-                recall[lang] = {"paragraphs": len(sample), "kept_whole": told(sample)}
-        shares = {lang: r["kept_whole"] / r["paragraphs"] for lang, r in recall.items()}
-        print(f"translated messages kept whole, {len(recall)} languages (mean {statistics.mean(shares.values()):.3f}):")
-        ranked = sorted(shares, key=lambda lang: shares[lang])
-        for start in range(0, len(ranked), 8):
-            print("  " + "  ".join(f"{lang} {shares[lang]:.2f}" for lang in ranked[start:start + 8]))
-        out["catalogs"] = {"locale_dir": args.locale_dir, "seed": args.seed,
-                           "english_originals": len(originals), "english_taken": english,
-                           "mean_kept_whole": statistics.mean(shares.values()), "languages": recall}
+    man = _man_paragraphs(Path(args.man_dir))
+    sources = {"catalogs": (args.locale_dir, *_catalog_paragraphs(Path(args.locale_dir))),
+               "man_pages": (args.man_dir, man.pop("en", []), man)}
+    for name, (where, english, translated) in sources.items():
+        if english:
+            out[name] = _kept_whole(compressor, name, where, english, translated, args)
     write_results(out, args.results, "compression_languages.json")
+
+
+def _kept_whole(compressor: Any, name: str, where: str, english: list[str], translated: dict[str, list[str]],
+                args: argparse.Namespace) -> dict[str, Any]:
+    """Of one source of real text, the English paragraphs taken for another language and, per language with at
+    least 20 paragraphs of its own, the share kept whole; printed, and returned for the results file."""
+    rng = random.Random(args.seed)
+    originals = set(english)
+    if len(english) > args.english:
+        english = rng.sample(english, args.english)
+    taken = [p for p in english if compressor.foreign_paragraphs(p)]
+    print(f"\n{name} in {where}: {len(taken)} of {len(english)} English paragraphs taken for another language")
+    for text in taken[:10]:
+        print(f"  {text[:120]!r}")
+    recall = {}
+    for lang, found in sorted(translated.items()):
+        own = [p for p in found if p not in originals]
+        if len(own) >= 20:
+            sample = rng.sample(own, min(args.per_language, len(own)))
+            recall[lang] = {"paragraphs": len(sample), "kept_whole": sum(1 for p in sample
+                                                                         if compressor.foreign_paragraphs(p))}
+    shares = {lang: r["kept_whole"] / r["paragraphs"] for lang, r in recall.items()}
+    print(f"translated paragraphs kept whole, {len(recall)} languages (mean {statistics.mean(shares.values()):.3f}):")
+    ranked = sorted(shares, key=lambda lang: shares[lang])
+    for start in range(0, len(ranked), 8):
+        print("  " + "  ".join(f"{lang} {shares[lang]:.2f}" for lang in ranked[start:start + 8]))
+    return {"dir": where, "seed": args.seed, "english_paragraphs": len(english), "english_taken": taken,
+            "mean_kept_whole": statistics.mean(shares.values()), "languages": recall}
 
 
 def _catalog_paragraphs(root: Path) -> tuple[list[str], dict[str, list[str]]]:
@@ -1122,6 +1136,88 @@ def _catalog_paragraphs(root: Path) -> tuple[list[str], dict[str, list[str]]]:
             if isinstance(text, str) and text != source and not lang.startswith("en"):
                 translated.setdefault(lang, set()).update(paragraphs(text))
     return sorted(originals), {lang: sorted(found) for lang, found in translated.items()}
+
+
+#: roff requests that end a paragraph in a man page; no-fill blocks (examples, tables) are left out whole
+_MAN_BREAKS = frozenset({"PP", "P", "LP", "SH", "SS", "TP", "IP", "HP", "sp", "RS", "RE", "TQ", "bp", "in", "ti"})
+_MAN_SKIP = {"nf": "fi", "EX": "EE", "TS": "TE", "EQ": "EN", "de": ".."}
+_ROFF_ESCAPE = re.compile(r"\\(?:f(?:\[[^]]*\]|\(..|.)|\*?\((..)|\*?\[([^]]*)\]|s[-+]?\d+|[-e&|^c0 ~%]|.)")
+_ROFF_NAMED = {"aq": "'", "dq": '"', "em": "-", "en": "-", "lq": '"', "rq": '"', "oq": "'", "cq": "'", "co": "(c)",
+               "ss": "ß", "ae": "æ", "AE": "Æ", "/o": "ø", "/O": "Ø", "oa": "å", "oA": "Å", "Sd": "ð", "-D": "Đ",
+               "TP": "Þ", "Tp": "þ", "/l": "ł", "/L": "Ł"}
+_ROFF_ACCENTS = {":": "\u0308", "'": "\u0301", "`": "\u0300", "^": "\u0302", "~": "\u0303", ",": "\u0327",
+                 "v": "\u030c", "o": "\u030a"}
+
+
+def _roff_char(name: str) -> str:
+    """The character a roff special-character name stands for ("" for one this reader does not know)."""
+    import unicodedata
+
+    if name in _ROFF_NAMED:
+        return _ROFF_NAMED[name]
+    if name.startswith("u") and re.fullmatch(r"u[0-9A-Fa-f]{4,6}", name):
+        return chr(int(name[1:], 16))
+    if len(name) == 2 and name[0] in _ROFF_ACCENTS and name[1].isalpha():
+        return unicodedata.normalize("NFC", name[1] + _ROFF_ACCENTS[name[0]])
+    return ""
+
+
+def _man_paragraphs(root: Path, per_file: int = 0) -> dict[str, list[str]]:
+    """Paragraphs of at least MIN_WORDS words of the man pages under ``root`` (``/usr/share/man``), by
+    language (``en`` for ``man1``...``man8``, else the directory's name), read from their roff source:
+    requests dropped, inline escapes stripped, no-fill blocks (examples, tables) left out. Deduplicated
+    and sorted per language."""
+    import gzip as gz
+
+    from thrifty.compressors._language import MIN_WORDS
+
+    def escape(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        if name is not None:
+            return _roff_char(name)
+        return {"\\-": "-", "\\e": "\\", "\\ ": " ", "\\~": " "}.get(m.group(0), "")
+
+    def plain(line: str) -> str:
+        return _ROFF_ESCAPE.sub(escape, line)
+
+    found: dict[str, set[str]] = {}
+    for path in sorted(root.glob("*/man[1-8]/*.gz")) + sorted(root.glob("man[1-8]/*.gz")):
+        lang = "en" if path.parent.parent == root else path.parts[-3]
+        try:
+            source = gz.open(path, "rt", encoding="utf-8", errors="strict").read()
+        except (OSError, UnicodeError, EOFError):
+            continue
+        paragraph: list[str] = []
+        out = found.setdefault(lang, set())
+        until = ""
+
+        def end() -> None:
+            text = " ".join(paragraph).strip()
+            paragraph.clear()
+            if len(text.split()) >= MIN_WORDS:
+                out.add(text)
+
+        for line in source.splitlines():
+            if until:
+                until = "" if line.startswith("." + until) or (until == ".." and line.startswith("..")) else until
+                continue
+            if line[:1] in (".", "'"):
+                request = line[1:].split(maxsplit=1)
+                name = request[0] if request else ""
+                if name in _MAN_SKIP:
+                    end()
+                    until = _MAN_SKIP[name]
+                elif name in _MAN_BREAKS:
+                    end()
+                elif name in ("B", "I", "BR", "IR", "RB", "RI", "BI", "IB", "SM", "SB") and len(request) > 1:
+                    paragraph.append(plain(request[1].replace('"', "")))  # font macros carry text
+                continue
+            if not line.strip():
+                end()
+                continue
+            paragraph.append(plain(line))
+        end()
+    return {lang: sorted(texts) for lang, texts in found.items()}
 
 
 def write_results(out: dict[str, Any], given: str, name: str) -> None:
@@ -1255,8 +1351,10 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--child", choices=("on", "off"), default="", help=argparse.SUPPRESS)
     f.add_argument("--results", default="", help="the results file (default: compression_first_call.json)")
     g = sub.add_parser("languages", help="paragraphs kept whole as in another language: English (there should "
-                       "be none), and the translations in the machine's gettext catalogs")
+                       "be none), and the translations in the machine's gettext catalogs and man pages")
     g.add_argument("--locale-dir", default="/usr/share/locale", help="where the gettext catalogs (*.mo) are")
+    g.add_argument("--man-dir", default="/usr/share/man", help="where the man pages are")
+    g.add_argument("--english", type=int, default=20000, help="English paragraphs sampled per source of real text")
     g.add_argument("--per-language", type=int, default=200, help="translated paragraphs sampled per language")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--results", default="", help="the results file (default: compression_languages.json)")
