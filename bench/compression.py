@@ -1162,23 +1162,12 @@ def _roff_char(name: str) -> str:
     return ""
 
 
-def _man_paragraphs(root: Path, per_file: int = 0) -> dict[str, list[str]]:
+def _man_paragraphs(root: Path) -> dict[str, list[str]]:
     """Paragraphs of at least MIN_WORDS words of the man pages under ``root`` (``/usr/share/man``), by
-    language (``en`` for ``man1``...``man8``, else the directory's name), read from their roff source:
-    requests dropped, inline escapes stripped, no-fill blocks (examples, tables) left out. Deduplicated
-    and sorted per language."""
+    language (``en`` for ``man1``...``man8``, else the directory's name), deduplicated and sorted."""
     import gzip as gz
 
     from thrifty.compressors._language import MIN_WORDS
-
-    def escape(m: re.Match[str]) -> str:
-        name = m.group(1) or m.group(2)
-        if name is not None:
-            return _roff_char(name)
-        return {"\\-": "-", "\\e": "\\", "\\ ": " ", "\\~": " "}.get(m.group(0), "")
-
-    def plain(line: str) -> str:
-        return _ROFF_ESCAPE.sub(escape, line)
 
     found: dict[str, set[str]] = {}
     for path in sorted(root.glob("*/man[1-8]/*.gz")) + sorted(root.glob("man[1-8]/*.gz")):
@@ -1187,37 +1176,40 @@ def _man_paragraphs(root: Path, per_file: int = 0) -> dict[str, list[str]]:
             source = gz.open(path, "rt", encoding="utf-8", errors="strict").read()
         except (OSError, UnicodeError, EOFError):
             continue
-        paragraph: list[str] = []
-        out = found.setdefault(lang, set())
-        until = ""
-
-        def end() -> None:
-            text = " ".join(paragraph).strip()
-            paragraph.clear()
-            if len(text.split()) >= MIN_WORDS:
-                out.add(text)
-
-        for line in source.splitlines():
-            if until:
-                until = "" if line.startswith("." + until) or (until == ".." and line.startswith("..")) else until
-                continue
-            if line[:1] in (".", "'"):
-                request = line[1:].split(maxsplit=1)
-                name = request[0] if request else ""
-                if name in _MAN_SKIP:
-                    end()
-                    until = _MAN_SKIP[name]
-                elif name in _MAN_BREAKS:
-                    end()
-                elif name in ("B", "I", "BR", "IR", "RB", "RI", "BI", "IB", "SM", "SB") and len(request) > 1:
-                    paragraph.append(plain(request[1].replace('"', "")))  # font macros carry text
-                continue
-            if not line.strip():
-                end()
-                continue
-            paragraph.append(plain(line))
-        end()
+        found.setdefault(lang, set()).update(p for p in _roff_paragraphs(source) if len(p.split()) >= MIN_WORDS)
     return {lang: sorted(texts) for lang, texts in found.items()}
+
+
+def _roff_paragraphs(source: str) -> list[str]:
+    """The text paragraphs of one man page's roff source: requests dropped, inline escapes resolved, no-fill
+    blocks (examples, tables) left out."""
+    def escape(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        if name is not None:
+            return _roff_char(name)
+        return {"\\-": "-", "\\e": "\\", "\\ ": " ", "\\~": " "}.get(m.group(0), "")
+
+    paragraphs: list[str] = []
+    lines: list[str] = []
+    until = ""
+    for line in [*source.splitlines(), ".PP"]:  # the last request ends the last paragraph
+        if until:
+            if line.startswith("." + until) or (until == ".." and line.startswith("..")):
+                until = ""
+            continue
+        request = line[1:].split(maxsplit=1) if line[:1] in (".", "'") else None
+        if request is not None and request and request[0] in ("B", "I", "BR", "IR", "RB", "RI", "BI", "IB", "SM",
+                                                                "SB") and len(request) > 1:
+            lines.append(_ROFF_ESCAPE.sub(escape, request[1].replace('"', "")))  # font macros carry text
+        elif request is None and line.strip():
+            lines.append(_ROFF_ESCAPE.sub(escape, line))
+        elif request is None or (request and (request[0] in _MAN_BREAKS or request[0] in _MAN_SKIP)):
+            if lines:
+                paragraphs.append(" ".join(lines).strip())
+                lines = []
+            if request and request[0] in _MAN_SKIP:
+                until = _MAN_SKIP[request[0]]
+    return paragraphs
 
 
 def write_results(out: dict[str, Any], given: str, name: str) -> None:
