@@ -81,8 +81,8 @@ STOP_WORDS: dict[str, str] = {
           "tylko także jednak który która które przy tym",
     "cs": "je se na že ve za jsou jako tak podle když také jen už nebo jeho bylo byl může být které který "
           "která aby při jsem si ji jí než mezi již však jsme pouze",
-    "sv": "och att det som en på är av med den har inte om ett jag sig kan de så efter eller när till bara alla "
-          "vara även också ska detta dessa där",
+    "sv": "och att det som en på är av med den har inte om ett jag sig kan de så efter eller när bara alla vara "
+          "även också ska detta dessa där",
     "da": "og det som er af med ikke den har jeg et på sig om kan vil fra blev eller også en til der de når hvis "
           "skal kun være alle dette disse hvor efter ved blive kunne",
     "nb": "og ikke det som er av med jeg har den om ble seg kan vil fra eller også når etter en til der de hvis "
