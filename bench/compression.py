@@ -1220,48 +1220,71 @@ def write_results(out: dict[str, Any], given: str, name: str) -> None:
 
 
 def first_call(args: argparse.Namespace) -> None:
-    """Seconds the first compressed call through a freshly started proxy takes (``[compression] enabled``,
-    a 6,000-character user message, a canned upstream on loopback), when the proxy loads the compressor as
-    it starts and when it does not; each in a fresh process, the call made ``--after`` seconds after the
-    start. The precision measurement is taken as already kept on this machine."""
+    """Seconds the first compressed call takes (``[compression] enabled``, a 6,000-character user message, a
+    canned upstream on loopback) through a freshly started proxy, or through a freshly wrapped openai client
+    (``--entry wrapper``), when the compressor is loaded as the proxy starts (the client is wrapped) and when
+    it is not; each in a fresh process, the call made ``--after`` seconds after the start. The precision
+    measurement is taken as already kept on this machine."""
     import subprocess
 
     if args.child:
-        print(json.dumps(_first_call_child(args.child == "on", args.after)))
+        print(json.dumps(_first_call_child(args.entry, args.child == "on", args.after)))
         return
     times: dict[str, list[float]] = {"off": [], "on": []}
     for _ in range(args.repeats):
         for variant in times:  # alternating, as the machine's load may change
-            out = subprocess.run([sys.executable, __file__, "first-call", "--child", variant, "--after",
-                                  str(args.after)], capture_output=True, text=True, check=True)
+            out = subprocess.run([sys.executable, __file__, "first-call", "--child", variant, "--entry", args.entry,
+                                  "--after", str(args.after)], capture_output=True, text=True, check=True)
             times[variant].append(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
-    print(f"first compressed call, {args.after} s after the proxy started (seconds, each run):")
-    for variant, label in (("off", "loaded on the first call"), ("on", "loaded as the proxy starts")):
-        print(f"  {label:28} {', '.join(f'{t:.2f}' for t in times[variant])}")
-    out_data = {"after_s": args.after, "machine": machine(), "command": "python bench/compression.py first-call",
+    start, at_start = (("the proxy started", "loaded as the proxy starts") if args.entry == "proxy"
+                       else ("the client was wrapped", "loaded as the client is wrapped"))
+    print(f"first compressed call, {args.after} s after {start} (seconds, each run):")
+    for variant, label in (("off", "loaded on the first call"), ("on", at_start)):
+        print(f"  {label:36} {', '.join(f'{t:.2f}' for t in times[variant])}")
+    out_data = {"entry": args.entry, "after_s": args.after, "machine": machine(),
+                "command": f"python bench/compression.py first-call --entry {args.entry}",
                 "seconds": {"loaded_on_first_call": times["off"], "loaded_at_start": times["on"]}}
-    write_results(out_data, args.results, "compression_first_call.json")
+    name = "compression_first_call.json" if args.entry == "proxy" else "compression_first_call_wrapper.json"
+    write_results(out_data, args.results, name)
 
 
-def _first_call_child(warm: bool, after: float) -> dict[str, Any]:
+def _first_call_child(entry: str, warm: bool, after: float) -> dict[str, Any]:
     import httpx
 
     from thrifty.compressors.stage import CompressionStage
-    from thrifty.middleware.server import create_app
     from thrifty.settings import Settings
-    from thrifty.testing import CannedUpstream, ServerThread
+    from thrifty.testing import CannedUpstream
 
     if not warm:  # the compressor loads on the first call (the price table is still warmed)
         CompressionStage.warm_up = lambda self: None  # type: ignore[method-assign]
     text = (ROOT / "README.md").read_text(encoding="utf-8")[:6000]
+    messages = [{"role": "user", "content": text}]
     with CannedUpstream() as upstream, tempfile.TemporaryDirectory() as data:
         settings = Settings.load(data_dir=data, compression={"enabled": True},
                                  providers={"canned": {"kind": "openai-compatible", "base_url": upstream.url}})
+        if entry == "wrapper":
+            import openai
+
+            import thrifty
+            from thrifty import Engine
+
+            engine = Engine(settings)
+            client = thrifty.wrap(openai.OpenAI(api_key="unused", base_url=upstream.url, max_retries=0),
+                                  engine=engine)
+            time.sleep(after)
+            started = time.perf_counter()
+            raw = client.chat.completions.with_raw_response.create(model="canned/gpt-ok", messages=messages)
+            seconds = time.perf_counter() - started
+            engine.close()
+            return {"seconds": round(seconds, 3), "tokens_saved": raw.headers.get("x-thrifty-tokens-saved")}
+        from thrifty.middleware.server import create_app
+        from thrifty.testing import ServerThread
+
         with ServerThread(create_app(settings)) as server:
             time.sleep(after)
             started = time.perf_counter()
             answer = httpx.post(f"{server.url}/v1/chat/completions", timeout=300, json={
-                "model": "canned/gpt-ok", "messages": [{"role": "user", "content": text}]})
+                "model": "canned/gpt-ok", "messages": messages})
             seconds = time.perf_counter() - started
     answer.raise_for_status()
     return {"seconds": round(seconds, 3), "tokens_saved": answer.headers.get("x-thrifty-tokens-saved")}
@@ -1337,10 +1360,12 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--rates", type=keep_rates, default=RATES,
                    help="comma-separated keep rates (default: 0.5,0.33)")
     q.add_argument("--results", default="", help="the results file (default: compression_qa_pair_<model>.json)")
-    f = sub.add_parser("first-call", help="the proxy's first compressed call, with and without loading at start")
+    f = sub.add_parser("first-call", help="the first compressed call through the proxy or a wrapped client, with "
+                       "and without loading at start")
     f.add_argument("--after", type=float, default=15.0, help="seconds between the start and the call")
     f.add_argument("--repeats", type=int, default=2)
     f.add_argument("--child", choices=("on", "off"), default="", help=argparse.SUPPRESS)
+    f.add_argument("--entry", choices=("proxy", "wrapper"), default="proxy")
     f.add_argument("--results", default="", help="the results file (default: compression_first_call.json)")
     g = sub.add_parser("languages", help="paragraphs kept whole as in another language: English (there should "
                        "be none), and the translations in the machine's gettext catalogs and man pages")
