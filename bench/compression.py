@@ -1106,7 +1106,8 @@ def _kept_whole(compressor: Any, name: str, where: str, english: list[str], tran
     ranked = sorted(shares, key=lambda lang: shares[lang])
     for start in range(0, len(ranked), 8):
         print("  " + "  ".join(f"{lang} {shares[lang]:.2f}" for lang in ranked[start:start + 8]))
-    return {"dir": where, "seed": args.seed, "english_paragraphs": len(english), "english_taken": taken,
+    return {"dir": where, "seed": args.seed, "english_paragraphs": len(english), "english_taken": len(taken),
+            "english_taken_first": [text[:200] for text in taken[:20]],
             "mean_kept_whole": statistics.mean(shares.values()), "languages": recall}
 
 
