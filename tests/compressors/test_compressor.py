@@ -200,6 +200,10 @@ SHORT = {
           "zaharretan exekutatu.",
     "ms": "Versi baharu sistem ini lebih pantas, tetapi ia memerlukan lebih banyak memori dan tidak boleh "
           "dijalankan pada pelayan lama.",
+    "af": "Die nuwe weergawe is vinniger, maar dit het meer geheue nodig en kan nie op ou bedieners loop nie.",
+    "cy": "Mae'r fersiwn newydd yn gyflymach, ond mae angen mwy o gof arni ac ni all redeg ar weinyddion hŷn.",
+    "mg": "Haingana kokoa ny dikan-teny vaovao, saingy mila fitadidiana bebe kokoa izy ary tsy mandeha amin'ny "
+          "mpizara taloha.",
     # no list of their own: for an English model, told by their letters beyond a-z
     "vi": "Phiên bản mới nhanh hơn, nhưng nó cần nhiều bộ nhớ và không chạy được trên máy chủ cũ.",
     "az": "Sistemin yeni versiyası daha sürətlidir, amma daha çox yaddaş tələb edir və köhnə serverlərdə işləyə "

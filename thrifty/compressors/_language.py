@@ -12,7 +12,7 @@ already tokenized (each stop word matched by its whole sequence of pieces,
 so that words an English vocabulary splits, "już" or "için", count): a
 paragraph of at least :data:`MIN_WORDS` words whose words are mostly in a
 script other than Latin is in none of the languages below; otherwise it is
-in another language when some other list of :data:`STOP_WORDS` (twenty-six
+in another language when some other list of :data:`STOP_WORDS` (thirty-one
 languages) covers at least :data:`MIN_SHARE` of its words and :data:`MARGIN`
 times the share the model's own languages' lists cover; or, for a model of
 languages written in a-z alone (:data:`UNMARKED`: English), when at least
@@ -21,7 +21,7 @@ model's stop words (:data:`MARKED_OWN`) (Vietnamese,
 Azerbaijani, Icelandic, Slovak..., whose stop words an English vocabulary
 reads as English ones once their accents are stripped: Vietnamese "thể",
 "cần" are "the", "can"); or, for a language without a list here and without
-such letters (Welsh, Somali...), when it has at least :data:`SPARSE_WORDS`
+such letters (Somali, Zulu...), when it has at least :data:`SPARSE_WORDS`
 words and the model's own lists cover less than :data:`SPARSE_SHARE` of
 them. A shorter paragraph, or one that no rule decides (lists of names,
 identifiers, headings), is left undecided and compressed as before: a wrong
@@ -109,6 +109,11 @@ STOP_WORDS: dict[str, str] = {
     "eu": "eta da ez du ere baina dira izan hau bere dute egin behar gehiago oso beste dela zuen",
     "ms": "yang dan di ini itu dengan untuk tidak dari dalam akan pada juga ke kerana ada oleh telah boleh ia "
           "bahawa mereka atau lebih",
+    "af": "nie vir wat ons hulle sal ook deur het dit daar hierdie baie moet nog",
+    "cy": "yn yr mae gyda fel wedi bod ond hefyd hyn sydd oedd neu",
+    "gd": "agus ann tha bha gu ri seo nach",
+    "ga": "agus ach freisin bhí nach seo ag",
+    "mg": "ny sy ary dia tsy izay amin",
 }
 
 #: Languages whose prose is written in the unmarked letters a-z alone. For a model trained only on them, a
@@ -125,7 +130,7 @@ MIN_SHARE = 0.15
 MARGIN = 4.0
 #: A paragraph of at least :data:`SPARSE_WORDS` Latin-script words of which the model's own languages'
 #: stop words cover less than this share is in none of them, whichever language it is in (one without a
-#: list here: Welsh, Somali, Zulu...): English prose covers 12% or more in 99 paragraphs of 100.
+#: list here: Somali, Zulu, Hausa...): English prose covers 12% or more in 99 paragraphs of 100.
 SPARSE_SHARE = 0.03
 SPARSE_WORDS = 20
 #: For a model of :data:`UNMARKED` languages only, the least share of a paragraph's Latin-script words with a
