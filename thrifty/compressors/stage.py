@@ -48,7 +48,6 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -102,14 +101,18 @@ _Where = tuple[int, int, int]
 class CompressionStage(Stage):
     kind = "compression"
 
-    def __init__(self, settings: CompressionSettings | None = None, *, warm: Sequence[str] = ()) -> None:
+    def __init__(self, settings: CompressionSettings | None = None) -> None:
         self.settings = settings if settings is not None else CompressionSettings()
-        self.warm = tuple(warm)  # modes that calls compress in without asking, loaded by warm_up
+        self.warm: tuple[str, ...] = ()  # modes that calls compress in without asking, loaded by warm_up
 
     @classmethod
     def from_engine(cls, engine: Engine) -> CompressionStage:
         use_cache_dir(engine.settings.local.cache_dir)  # the precision measured beside the local models' own
-        return cls(engine.settings.compression, warm=_default_modes(engine))
+        stage = cls(engine.settings.compression)
+        # the modes calls compress in without asking: a call's own options (none), or its alias's
+        unasked = [None, *(engine.options_for(alias, ThriftyOptions()).compress for alias in engine.settings.aliases)]
+        stage.warm = tuple(sorted({plan.mode for plan in map(stage._plan_for, unasked) if plan is not None}))
+        return stage
 
     def warm_up(self) -> None:
         """Load the compressor in each mode that calls compress in without asking (the settings' when
@@ -141,7 +144,10 @@ class CompressionStage(Stage):
         return await self.next.ahandle(request, ctx)
 
     def _plan(self, ctx: CallContext) -> _Plan | None:
-        asked = ctx.options.compress
+        return self._plan_for(ctx.options.compress)
+
+    def _plan_for(self, asked: CompressOptions | bool | None) -> _Plan | None:
+        """What a call whose ``compress`` option is ``asked`` compresses with, or None for not at all."""
         s = self.settings
         if asked is None:
             if not s.enabled:
@@ -224,20 +230,6 @@ def _has_marker(part: Part) -> bool:
     if isinstance(part, ToolResultPart):
         return any(_has_marker(p) for p in part.content)
     return False
-
-
-def _default_modes(engine: Engine) -> tuple[str, ...]:
-    """The modes calls compress in without asking for it: the settings' mode when compression is enabled,
-    and the mode of each alias whose options compress."""
-    s = engine.settings.compression
-    modes = {s.mode} if s.enabled else set()
-    for alias in engine.settings.aliases:
-        asked = engine.options_for(alias, ThriftyOptions()).compress
-        if isinstance(asked, CompressOptions):
-            modes.add(asked.mode or s.mode)
-        elif asked is True:
-            modes.add(s.mode)
-    return tuple(sorted(modes))
 
 
 def _eligible(request: Request, roles: frozenset[str]) -> list[tuple[_Where, str]]:
