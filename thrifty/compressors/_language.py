@@ -54,6 +54,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from thrifty.compressors._scripts import in_blocks
+
 __all__ = ["MARGIN", "MARKED_OWN", "MARKED_SHARE", "MIN_SHARE", "MIN_WORDS", "PARAGRAPH_BREAK", "SPARSE_SHARE",
            "SPARSE_WORDS", "STOP_WORDS", "UNMARKED", "ParagraphLanguages"]
 
@@ -208,7 +210,7 @@ class ParagraphLanguages:
             return []
         codes = points[starts]
         lower = codes | 0x20
-        latin = ((lower >= 0x61) & (lower <= 0x7A)) | _marked(codes)
+        latin = ((lower >= 0x61) & (lower <= 0x7A)) | in_blocks(codes, _MARKED_RANGES)
         symbol = (((codes >= 0x2000) & (codes <= 0x2BFF)) | ((codes >= 0x3000) & (codes <= 0x303F))
                   | ((codes >= 0xFE00) & (codes <= 0xFFFF)) | (codes >= 0x1F000))
         other = (codes >= 0x370) & ~latin & ~symbol
@@ -220,7 +222,7 @@ class ParagraphLanguages:
         n_marked = np.zeros(count)
         if self._unmarked:  # the marked letters, placed in their words
             at = np.flatnonzero(points >= _MARKED_RANGES[0][0])
-            at = at[_marked(points[at])]
+            at = at[in_blocks(points[at], _MARKED_RANGES)]
             word = np.searchsorted(starts, at, side="right") - 1
             word = word[(word >= 0) & (at < ends[np.maximum(word, 0)])]
             marked = np.zeros(len(starts), dtype=bool)
@@ -248,11 +250,3 @@ class ParagraphLanguages:
 #: The Latin letters beyond a-z, as code point ranges: Latin-1's letters, Latin Extended-A and -B, and
 #: Latin Extended Additional (Vietnamese's stacked accents).
 _MARKED_RANGES = ((0xC0, 0xD6), (0xD8, 0xF6), (0xF8, 0x24F), (0x1E00, 0x1EFF))
-
-
-def _marked(codes: np.ndarray) -> np.ndarray:
-    """Whether each code point is a Latin letter beyond a-z."""
-    marked = np.zeros(len(codes), dtype=bool)
-    for lo, hi in _MARKED_RANGES:
-        marked |= (codes >= lo) & (codes <= hi)
-    return marked

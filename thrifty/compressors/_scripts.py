@@ -24,6 +24,14 @@ def code_points(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
 
 
+def in_blocks(codes: np.ndarray, blocks: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """Whether each of ``codes`` lies in one of ``blocks`` (inclusive code point ranges)."""
+    inside = np.zeros(len(codes), dtype=bool)
+    for lo, hi in blocks:
+        inside |= (codes >= lo) & (codes <= hi)
+    return inside
+
+
 def is_spaceless(ch: str) -> bool:
     """Whether ``ch`` belongs to a script written without spaces."""
     code = ord(ch)

@@ -111,6 +111,7 @@ from thrifty.compressors._scripts import (
     SPACELESS_CHAR,
     SPACELESS_LANGUAGES,
     code_points,
+    in_blocks,
     is_spaceless,
 )
 from thrifty.compressors.base import CompressResult, Progress
@@ -543,10 +544,7 @@ def _sentence_scores(p: np.ndarray, sentence: np.ndarray, weight: float) -> np.n
 def _spaceless_runs(codes: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> list[tuple[int, int]]:
     """Character spans of the runs of words (character spans ``starts``-``ends``, first code points
     ``codes``) that begin in a script written without spaces, each run unbroken by a gap."""
-    spaceless = np.zeros(len(starts), dtype=bool)
-    for lo, hi in SPACELESS_BLOCKS:
-        spaceless |= (codes >= lo) & (codes <= hi)
-    idx = np.flatnonzero(spaceless)
+    idx = np.flatnonzero(in_blocks(codes, SPACELESS_BLOCKS))
     if not idx.size:
         return []
     head = np.ones(idx.size, dtype=bool)
