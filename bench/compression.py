@@ -1060,12 +1060,12 @@ def languages(args: argparse.Namespace) -> None:
     the catalogs' English originals (usage lines, option tables, help text) and up to ``--english``
     paragraphs of the English man pages."""
     from thrifty.compressors import Compressor, _data
-    from thrifty.compressors._language import MIN_WORDS, PARAGRAPH_BREAK
+    from thrifty.compressors._language import MIN_WORDS
 
     compressor = Compressor.load("exact")
     texts = [p["text"] for name in ("heldout", "train") for p in _data.read_jsonl(WORK / f"{name}.jsonl")]
     texts += [r["passage"] for r in read_set("eval")]
-    paragraphs = [p for t in texts for p in PARAGRAPH_BREAK.split(t) if len(p.split()) >= MIN_WORDS]
+    paragraphs = [p for t in texts for p in _long_paragraphs(t)]
     taken = [t[a:b] for t in texts for a, b in compressor.foreign_paragraphs(t)]
     out: dict[str, Any] = {"machine": machine(), "passages": len(texts), "paragraphs_of_min_words": len(paragraphs),
                            "taken_for_another_language": taken}
@@ -1111,16 +1111,18 @@ def _kept_whole(compressor: Any, name: str, where: str, english: list[str], tran
             "mean_kept_whole": statistics.mean(shares.values()), "languages": recall}
 
 
+def _long_paragraphs(text: str) -> list[str]:
+    """The paragraphs of ``text`` long enough for the language check to decide (MIN_WORDS words or more)."""
+    from thrifty.compressors._language import MIN_WORDS, PARAGRAPH_BREAK
+
+    return [p for p in PARAGRAPH_BREAK.split(text) if len(p.split()) >= MIN_WORDS]
+
+
 def _catalog_paragraphs(root: Path) -> tuple[list[str], dict[str, list[str]]]:
     """The paragraphs of at least MIN_WORDS words in the gettext catalogs under ``root``: the English
     originals, and per language its translations (English variants such as en_GB left out, and messages
     left untranslated), each deduplicated and sorted."""
     import gettext
-
-    from thrifty.compressors._language import MIN_WORDS, PARAGRAPH_BREAK
-
-    def paragraphs(text: str) -> list[str]:
-        return [p for p in PARAGRAPH_BREAK.split(text) if len(p.split()) >= MIN_WORDS]
 
     originals: set[str] = set()
     translated: dict[str, set[str]] = {}
@@ -1133,9 +1135,9 @@ def _catalog_paragraphs(root: Path) -> tuple[list[str], dict[str, list[str]]]:
             continue
         for key, text in catalog.items():
             source = key if isinstance(key, str) else key[0]
-            originals.update(paragraphs(source))
+            originals.update(_long_paragraphs(source))
             if isinstance(text, str) and text != source and not lang.startswith("en"):
-                translated.setdefault(lang, set()).update(paragraphs(text))
+                translated.setdefault(lang, set()).update(_long_paragraphs(text))
     return sorted(originals), {lang: sorted(found) for lang, found in translated.items()}
 
 
@@ -1166,15 +1168,13 @@ def _roff_char(name: str) -> str:
 def _man_paragraphs(root: Path) -> dict[str, list[str]]:
     """Paragraphs of at least MIN_WORDS words of the man pages under ``root`` (``/usr/share/man``), by
     language (``en`` for ``man1``...``man8``, else the directory's name), deduplicated and sorted."""
-    import gzip as gz
-
     from thrifty.compressors._language import MIN_WORDS
 
     found: dict[str, set[str]] = {}
     for path in sorted(root.glob("*/man[1-8]/*.gz")) + sorted(root.glob("man[1-8]/*.gz")):
         lang = "en" if path.parent.parent == root else path.parts[-3]
         try:
-            source = gz.open(path, "rt", encoding="utf-8", errors="strict").read()
+            source = gzip.open(path, "rt", encoding="utf-8", errors="strict").read()
         except (OSError, UnicodeError, EOFError):
             continue
         found.setdefault(lang, set()).update(p for p in _roff_paragraphs(source) if len(p.split()) >= MIN_WORDS)
@@ -1367,7 +1367,8 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--repeats", type=int, default=2)
     f.add_argument("--child", choices=("on", "off"), default="", help=argparse.SUPPRESS)
     f.add_argument("--entry", choices=("proxy", "wrapper"), default="proxy")
-    f.add_argument("--results", default="", help="the results file (default: compression_first_call.json)")
+    f.add_argument("--results", default="", help="the results file (default: compression_first_call.json, "
+                   "or compression_first_call_wrapper.json with --entry wrapper)")
     g = sub.add_parser("languages", help="paragraphs kept whole as in another language: English (there should "
                        "be none), and the translations in the machine's gettext catalogs and man pages")
     g.add_argument("--locale-dir", default="/usr/share/locale", help="where the gettext catalogs (*.mo) are")
