@@ -11,6 +11,7 @@ import httpx2
 import openai
 import pytest
 import sqlalchemy as sa
+from tests.support import wait_for
 
 import thrifty
 from tests.compressors.conftest import PASSAGE
@@ -368,8 +369,6 @@ def test_a_labelled_question_in_a_langchain_rag_prompt(engine, upstream, weights
 
 def test_the_proxy_loads_the_compressor_as_it_starts(tmp_path, upstream, weights, caplog):
     # calls that compress without asking (settings, an alias) should not wait seconds for the model
-    import time
-
     from tests.middleware.server.conftest import start_proxy
     from thrifty.compressors import base
     from thrifty.compressors.stage import CompressionStage
@@ -385,10 +384,7 @@ def test_the_proxy_loads_the_compressor_as_it_starts(tmp_path, upstream, weights
         stage = next(s for s in proxy.app.engine.pipeline.stages if isinstance(s, CompressionStage))
         assert stage.warm == ("exact", "turbo")  # the settings' mode and the alias's, not "plain"'s
         wanted = {("llmlingua2", mode, str(weights), "float32") for mode in stage.warm}
-        deadline = time.monotonic() + 120
-        while not wanted <= base._instances.keys() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert wanted <= base._instances.keys()
+        assert wait_for(lambda wanted=wanted: wanted <= base._instances.keys(), timeout=120)
     # nothing to warm when no call compresses unasked; a compressor that fails to load is only logged
     quiet = Engine(make_settings(tmp_path / "quiet", upstream, compression={"model": str(weights)}))
     try:
@@ -406,8 +402,6 @@ def test_the_proxy_loads_the_compressor_as_it_starts(tmp_path, upstream, weights
 
 def test_a_wrapped_client_loads_the_compressor_as_it_is_wrapped(tmp_path, upstream, weights):
     # the wrapper's first call that compresses unasked should not wait for the model either
-    import time
-
     from thrifty.compressors import base
 
     key = ("llmlingua2", "exact", str(weights), "float32")
@@ -418,10 +412,8 @@ def test_a_wrapped_client_loads_the_compressor_as_it_is_wrapped(tmp_path, upstre
         client = oai(engine, upstream)
         warming = engine._warming
         assert warming is not None and warming.daemon
-        deadline = time.monotonic() + 120
-        while key not in base._instances and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert key in base._instances and len(upstream.requests) == sent  # loaded before any call was made
+        assert wait_for(lambda: key in base._instances, timeout=120)
+        assert len(upstream.requests) == sent  # loaded before any call was made
         oai(engine, upstream)
         assert engine._warming is warming  # once per engine, however many clients it wraps
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": LONG}])

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from tests.support import wait_for
 
 from thrifty.errors import LedgerError
 from thrifty.ledger.models import LlmCallPayload
@@ -28,15 +29,6 @@ from thrifty.settings import LedgerSettings
 MakeRecorder = Callable[..., Recorder]
 MakeRecord = Callable[..., LedgerRecord]
 CountRows = Callable[..., int]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def spill_files(data_dir: Path) -> list[Path]:

@@ -10,6 +10,7 @@ import anthropic
 import httpx2
 import openai
 import pytest
+from tests.support import wait_for
 
 pytestmark = pytest.mark.model
 MSG = [{"role": "user", "content": "What is the capital of France?"}]
@@ -164,9 +165,7 @@ def test_the_proxy_loads_the_default_model_as_it_starts(tmp_path):
     store = model_store()
     store.clear()
     for proxy in start_proxy(Settings.load(data_dir=tmp_path / "data")):
-        deadline = time.monotonic() + 120
-        while not store._models and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert wait_for(lambda: bool(store._models), timeout=120)
         loaded = [key[0] for key in store._models]
         assert len(loaded) == 1 and ":smollm2-135m-" in loaded[0] and proxy.rows() == []  # before any call
         client = openai.OpenAI(base_url=proxy.openai_url, api_key="unused", max_retries=0)
