@@ -11,11 +11,11 @@ import httpx2
 import openai
 import pytest
 import sqlalchemy as sa
-from tests.support import wait_for
 
 import thrifty
 from tests.compressors.conftest import PASSAGE
 from tests.middleware.conftest import make_settings
+from tests.support import wait_for
 from thrifty import Engine
 from thrifty.testing import CannedUpstream
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from tests.support import wait_for
 
+from tests.support import wait_for
 from thrifty.errors import LedgerError
 from thrifty.ledger.models import LlmCallPayload
 from thrifty.ledger.record import LedgerRecord

@@ -39,7 +39,6 @@ float32, and int8 1.3x faster (docs/benchmarks.md).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -61,8 +60,6 @@ _INSTALL_HINT = "install the compression extra: pip install 'thrifty[compress]'"
 
 #: Precisions a model can be loaded in, from the most precise.
 PRECISIONS: tuple[str, ...] = tuple(p for p in get_args(Precision) if p != "auto")
-#: A less precise runtime is chosen for the fast modes only when it is at least this much faster.
-_MIN_SPEEDUP = 1.10
 _PROBE_ROUNDS = 5  # at most; at least two, and no more once _PROBE_BUDGET_S has passed (a large model)
 _PROBE_BUDGET_S = 4.0
 _cache_dir: str | os.PathLike[str] | None = None  # set by use_cache_dir
@@ -170,12 +167,11 @@ def probe_root() -> Path:
 
 
 def _pick(speeds: dict[str, float]) -> str:
-    """The precision to run: each less precise one must beat the one chosen so far by ``_MIN_SPEEDUP``."""
-    chosen = "float32"
-    for precision in PRECISIONS[1:]:
-        if precision in speeds and speeds[precision] >= speeds[chosen] * _MIN_SPEEDUP:
-            chosen = precision
-    return chosen
+    """The precision to run: each less precise one must be clearly faster than the one chosen so far (the local
+    models' rule, :func:`~thrifty.middleware.providers.local._models.pick_fastest`)."""
+    from thrifty.middleware.providers.local._models import pick_fastest
+
+    return pick_fastest(speeds, PRECISIONS)
 
 
 def _identity(path: Path) -> tuple[str, ...]:
@@ -234,11 +230,9 @@ def sha256_file(path: Path) -> str:
         cached = _hash_cache.get(key)
     if cached is not None:
         return cached
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    value = digest.hexdigest()
+    from thrifty.middleware.providers.local._catalogue import sha256_file as sha256_uncached
+
+    value = sha256_uncached(path)
     with _hash_lock:
         _hash_cache[key] = value
     return value

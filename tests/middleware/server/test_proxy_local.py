@@ -10,6 +10,7 @@ import anthropic
 import httpx2
 import openai
 import pytest
+
 from tests.support import wait_for
 
 pytestmark = pytest.mark.model

@@ -32,9 +32,10 @@ import platform
 import tempfile
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
 
 import platformdirs
 
@@ -45,12 +46,12 @@ from thrifty.middleware.providers.local._deps import torch_mod, transformers_mod
 from thrifty.middleware.providers.local.hooks import LocalModelInfo
 from thrifty.settings import LocalModelSettings
 
-__all__ = ["LoadedModel", "ModelStore", "cpu_name", "default_cache_root", "machine_key", "model_store", "read_probe",
-           "write_probe"]
+__all__ = ["MIN_SPEEDUP", "LoadedModel", "ModelStore", "cpu_name", "default_cache_root", "machine_key", "model_store",
+           "pick_fastest", "read_probe", "write_probe"]
 
 Dtype = Literal["float32", "bfloat16"]
-#: bfloat16 must be at least this much faster than float32 to be chosen
-_BF16_MIN_SPEEDUP = 1.10
+#: A less precise dtype is chosen only when it is at least this much faster than the more precise one
+MIN_SPEEDUP = 1.10
 _PROBE_WARMUP_STEPS = 3
 _PROBE_STEPS = 8
 _PROBE_ROUNDS = 2
@@ -231,7 +232,17 @@ def _load_fastest(
 
 
 def _pick(probe: dict[str, float]) -> Dtype:
-    return "bfloat16" if probe["bfloat16"] >= probe["float32"] * _BF16_MIN_SPEEDUP else "float32"
+    return cast(Dtype, pick_fastest(probe, get_args(Dtype)))
+
+
+def pick_fastest(speeds: Mapping[str, float], order: Sequence[str]) -> str:
+    """Which of ``order`` (from the most precise) to run, by ``speeds`` (tokens per second): each less precise
+    one measured must beat the one chosen so far by :data:`MIN_SPEEDUP`."""
+    chosen = order[0]
+    for precision in order[1:]:
+        if precision in speeds and speeds[precision] >= speeds[chosen] * MIN_SPEEDUP:
+            chosen = precision
+    return chosen
 
 
 def _decode_speed(model: Any, tokenizer: Any) -> float:
