@@ -75,6 +75,31 @@ def test_other_scripts_and_emoji_are_never_mangled(exact, text):
         assert out.count("\u0301") == out.count("cafe\u0301") or "cafe" not in out
 
 
+HELP = """Usage: grep [OPTION]... PATTERNS [FILE]...
+Search for PATTERNS in each FILE.
+Example: grep -i 'hello world' menu.h main.c
+
+Output control:
+  -m, --max-count=NUM       stop after NUM selected lines
+  -b, --byte-offset         print the byte offset with output lines
+      --line-buffered       flush output on every line
+  -H, --with-filename       print file name with output lines
+      --color[=WHEN]        use markers to highlight the matching strings
+Configuration is read from ~/.greprc, then /etc/grep/config.toml; see src/grep_main.c and os.path.join.
+"""
+
+
+def test_a_help_text_keeps_its_options_file_names_and_paths(exact):
+    # the tokenizer splits "--line-buffered" and "menu.h" at their punctuation; unprotected, their pieces
+    # were dropped one by one ("line buffered", "menu h")
+    out = exact.compress(HELP, 0.33).text
+    for name in ("-i", "menu.h", "main.c", "-m", "--max-count=NUM", "-b", "--byte-offset", "--line-buffered",
+                 "-H", "--with-filename", "--color[=WHEN]", "~/.greprc", "/etc/grep/config.toml",
+                 "src/grep_main.c", "os.path.join"):
+        assert name in out, name
+    assert len(out) < 0.8 * len(HELP)  # the prose around them is still compressed
+
+
 def test_an_english_model_keeps_chinese_and_thai_whole(tmp_path, exact):
     # thrifty's own manifests say English: its tokenizer makes each CJK character a word, and dropping
     # some of them would break the words they spell, so text in scripts without spaces passes through

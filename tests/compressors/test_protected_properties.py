@@ -29,6 +29,12 @@ PROTECTED = st.one_of(
     st.from_regex(r"[a-z]{1,6}\([a-z]{0,3}\) \+ [0-9]", fullmatch=True).map(lambda c: f"\n```\n{c}\n```\n"),
     st.dictionaries(st.from_regex(r"[a-z]{1,5}", fullmatch=True), st.integers(0, 99), min_size=1, max_size=3)
     .map(lambda d: __import__("json").dumps(d)),
+    # names the tokenizer splits at their punctuation: file names, dotted and snake_case names, options, paths
+    st.from_regex(r"[a-z]{1,8}(\.[a-z]{1,4}){1,3}", fullmatch=True),
+    st.from_regex(r"_?[a-z]{1,6}(_[a-z]{1,6}){1,3}", fullmatch=True),
+    st.from_regex(r"-[a-zA-Z]|--[a-z]{2,8}(-[a-z]{2,8}){0,2}(=[A-Z]{3,5})?", fullmatch=True),
+    st.from_regex(r"(~|\.|\.\.)?/[a-z]{1,6}(/[a-z_.]{0,6}[a-z]){0,3}|[a-z]{1,6}(/[a-z]{1,6}){1,2}\.py",
+                  fullmatch=True),
 )
 
 
@@ -77,4 +83,18 @@ def test_keep_regions_and_default_kinds_are_found():
                  "<keep>my region</keep>", "    indented code\n"):
         assert item in found, item
     assert protected_spans("plain words only here", defaults=True) == []
+
+
+def test_names_joined_by_punctuation_options_and_paths_are_found():
+    text = ("Usage: grep -i 'hi' menu.h main.c\n  -m, --max-count=NUM  stop\n      --color[=WHEN]  mark\n"
+            "Call os.path.join(config_dir) on example.com, then std::vec::Vec, __init__, /etc/hosts, ~/.bashrc, "
+            "./run.sh, src/app.py and C:\\Users\\bo\\x.txt.")
+    found = [text[s:e] for s, e in protected_spans(text)]
+    for item in ("-i", "menu.h", "main.c", "-m", "--max-count=NUM", "--color[=WHEN]", "os.path.join", "config_dir",
+                 "example.com", "std::vec::Vec", "__init__", "/etc/hosts", "~/.bashrc", "./run.sh", "src/app.py",
+                 "C:\\Users\\bo\\x.txt"):
+        assert item in found, item
+    # prose punctuation is not a name: hyphenated words, dashes, list markers, sentence ends, ellipses
+    prose = "A well-known, long-term plan - or two -- came. End. Next...and more\n- first item\n"
+    assert protected_spans(prose) == []
     assert protected_spans("call 555 now", defaults=False) == []

@@ -12,8 +12,14 @@ character ranges. What is protected by default (``defaults=True``):
 * numbers (with signs, separators, decimals, exponents, percent and currency
   signs), dates and times (ISO 8601, ``12/31/2024``, ``31.12.2024``, ``10:30 pm``,
   ``March 3, 2024``, ``3 March 2024``);
-* identifiers: UUIDs, hex strings, and words that mix letters and digits
-  (``ABC-1234``, ``gpt-4o``, ``v1.2.3``, ``user_42``);
+* identifiers: UUIDs, hex strings, words that mix letters and digits
+  (``ABC-1234``, ``gpt-4o``, ``v1.2.3``, ``user_42``), names joined by dots,
+  ``::`` or underscores (``menu.h``, ``os.path.join``, ``example.com``,
+  ``std::vec``, ``max_retries``), command-line options (``-E``,
+  ``--max-count=NUM``) and file paths (``/etc/hosts``, ``~/.bashrc``,
+  ``src/app.py``, ``C:\\Users``): the model's tokenizer splits these at their
+  punctuation and would drop pieces of them ("--line-buffered" became
+  "line buffered", "menu.h" became "menu h");
 * quoted strings (``"..."``, ``'...'``, typographic quotes, ``«...»``,
   ``「...」``), up to 300 characters on one line.
 
@@ -67,6 +73,8 @@ _DEFAULT_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"(?i)\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", ("-",)),
     (r"(?i)\b0x[0-9a-f]+\b", ("0x", "0X")),
     (r"(?<![\w\-./#])(?=[\w\-./#:]*\d)(?=[\w\-./#:]*[^\W\d_])\w(?:[\w\-./#:]*\w)?", ()),
+    # Windows paths ("C:\\Users\\bo"); other paths, options and joined names: _joined_spans
+    (r"\b[A-Za-z]:\\(?:[\w.\-\\]*[\w\\])?", (":\\",)),
     # numbers, with currency and percent signs
     (r"[$€£¥₹]?[-+]?(?<![\w.])\d(?:[\d,._']*\d)?(?:[eE][-+]?\d+)?%?", ()),
     # quoted strings on one line
@@ -119,6 +127,50 @@ def _json_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+# Names joined by punctuation, each found from its punctuation by a pattern that starts with it (a fast scan for
+# that character) and widened back to the start of its word in Python; the same patterns starting with the
+# word would be tried at every word, four times slower over the whole text.
+_DOTTED = re.compile(r"(?:\.|::)\w(?:[\w\-]*\w)?(?:(?:\.|::)\w(?:[\w\-]*\w)?)*")
+_UNDERSCORED = re.compile(r"_\w*")
+_SLASHED = re.compile(r"/[\w.\-]*\w(?:/[\w.\-]*\w)*/?")
+_OPTION = re.compile(r"--?[^\W\d_][\w\-]*(?:\[?=[^\s\]]*\]?)?")
+
+
+def _word_char(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
+
+
+def _word_start(text: str, i: int, also: str) -> int:
+    """Where the word that reaches ``i`` starts: back over word characters and those of ``also``."""
+    while i > 0 and (_word_char(text[i - 1]) or text[i - 1] in also):
+        i -= 1
+    return i
+
+
+def _joined_spans(text: str) -> list[tuple[int, int]]:
+    """Names joined by dots, ``::`` or underscores (file names, modules and members, domains, snake_case:
+    ``menu.h``, ``os.path.join``, ``std::vec``, ``max_retries``), paths (``/etc/hosts``, ``~/.bashrc``,
+    ``src/app.py``) and command-line options (``-E``, ``--max-count=NUM``, ``--color[=WHEN]``)."""
+    spans = []
+    for m in _DOTTED.finditer(text):  # after a word that starts with a letter (a number's dot is a number's)
+        if m.start() and _word_char(text[m.start() - 1]):
+            start = _word_start(text, m.start(), "-")
+            while text[start] == "-":
+                start += 1
+            if not text[start].isdigit():
+                spans.append((start, m.end()))
+    for m in _UNDERSCORED.finditer(text):  # a word with an underscore and a letter
+        start = _word_start(text, m.start(), "")
+        if any(ch.isalpha() for ch in text[start:m.end()]):
+            spans.append((start, m.end()))
+    for m in _SLASHED.finditer(text):  # with the word, "~", "." or ".." before the first slash
+        spans.append((_word_start(text, m.start(), ".-~"), m.end()))
+    for m in _OPTION.finditer(text):  # "-" or "--" that starts a word, not a hyphen inside one
+        if not m.start() or not (_word_char(text[m.start() - 1]) or text[m.start() - 1] == "-"):
+            spans.append(m.span())
+    return spans
+
+
 def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """Sort spans and merge the ones that overlap or touch."""
     out: list[tuple[int, int]] = []
@@ -150,6 +202,7 @@ def protected_spans(
             if (not needs and not digits) or (needs and not any(n in text for n in needs)):
                 continue  # the pattern cannot match (all patterns without a trigger need a digit)
             spans.extend(m.span() for m in regex.finditer(text))
+        spans.extend(_joined_spans(text))
         if "{" in text or "[" in text:
             spans.extend(_json_spans(text))
     for term in force_keep:
