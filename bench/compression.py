@@ -1121,7 +1121,8 @@ def _long_paragraphs(text: str) -> list[str]:
 def _catalog_paragraphs(root: Path) -> tuple[list[str], dict[str, list[str]]]:
     """The paragraphs of at least MIN_WORDS words in the gettext catalogs under ``root``: the English
     originals, and per language its translations (English variants such as en_GB left out, and messages
-    left untranslated), each deduplicated and sorted."""
+    left untranslated), each deduplicated and sorted. The header entry, the catalog's metadata, is no
+    message and is left out."""
     import gettext
 
     originals: set[str] = set()
@@ -1135,6 +1136,8 @@ def _catalog_paragraphs(root: Path) -> tuple[list[str], dict[str, list[str]]]:
             continue
         for key, text in catalog.items():
             source = key if isinstance(key, str) else key[0]
+            if not source:  # the catalog's header: its metadata ("Project-Id-Version: ..."), not a message
+                continue
             originals.update(_long_paragraphs(source))
             if isinstance(text, str) and text != source and not lang.startswith("en"):
                 translated.setdefault(lang, set()).update(_long_paragraphs(text))
