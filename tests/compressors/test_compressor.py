@@ -229,6 +229,12 @@ SHORT = {
     "cy": "Mae'r fersiwn newydd yn gyflymach, ond mae angen mwy o gof arni ac ni all redeg ar weinyddion hŷn.",
     "mg": "Haingana kokoa ny dikan-teny vaovao, saingy mila fitadidiana bebe kokoa izy ary tsy mandeha amin'ny "
           "mpizara taloha.",
+    "zu": "Inguqulo entsha yesistimu isheshe kakhulu, kodwa idinga inkumbulo eningi, ngakho ayikwazi ukusebenza "
+          "kumaseva amadala uma kungekho isikhala.",
+    "xh": "Inguqulelo entsha yenkqubo ikhawuleza kakhulu, kodwa ifuna inkumbulo eninzi, ngoko ayikwazi ukusebenza "
+          "kwiiseva ezindala xa kungekho ndawo.",
+    "so": "Nooca cusub waa ka dhakhso badan yahay, laakiin wuxuu u baahan yahay xusuus badan oo kuma shaqeeyo "
+          "adeegayaasha hore.",
     # no list of their own: for an English model, told by their letters beyond a-z
     "vi": "Phiên bản mới nhanh hơn, nhưng nó cần nhiều bộ nhớ và không chạy được trên máy chủ cũ.",
     "az": "Sistemin yeni versiyası daha sürətlidir, amma daha çox yaddaş tələb edir və köhnə serverlərdə işləyə "

@@ -12,7 +12,7 @@ already tokenized (each stop word matched by its whole sequence of pieces,
 so that words an English vocabulary splits, "już" or "için", count): a
 paragraph of at least :data:`MIN_WORDS` words whose words are mostly in a
 script other than Latin is in none of the languages below; otherwise it is
-in another language when some other list of :data:`STOP_WORDS` (thirty-one
+in another language when some other list of :data:`STOP_WORDS` (thirty-six
 languages) covers at least :data:`MIN_SHARE` of its words and :data:`MARGIN`
 times the share the model's own languages' lists cover; or, for a model of
 languages written in a-z alone (:data:`UNMARKED`: English), when at least
@@ -21,7 +21,7 @@ model's stop words (:data:`MARKED_OWN`) (Vietnamese,
 Azerbaijani, Icelandic, Slovak..., whose stop words an English vocabulary
 reads as English ones once their accents are stripped: Vietnamese "thể",
 "cần" are "the", "can"); or, for a language without a list here and without
-such letters (Somali, Zulu...), when it has at least :data:`SPARSE_WORDS`
+such letters (Hausa, Shona...), when it has at least :data:`SPARSE_WORDS`
 words and the model's own lists cover less than :data:`SPARSE_SHARE` of
 them. A shorter paragraph, or one that no rule decides (lists of names,
 identifiers, headings), is left undecided and compressed as before: a wrong
@@ -116,12 +116,22 @@ STOP_WORDS: dict[str, str] = {
     "gd": "agus ann tha bha gu ri seo nach",
     "ga": "agus ach freisin bhí nach seo ag",
     "mg": "ny sy ary dia tsy izay amin",
+    # Bantu languages and Somali, written in a-z alone: their function words are mostly joined to the word
+    # they govern, so these lists are of the free-standing ones (conjunctions, demonstratives, "if", "when")
+    "xh": "ukuba ngaba nokuba okanye kwaye kodwa xa apho kuba ngoko ngoku kakhulu kuphela kwi kule kulo ezi esi "
+          "eli ukuze ngenxa akukho ayikwazi mhlawumbi phakathi emva phambi yonke zonke konke",
+    "zu": "futhi kodwa uma noma ukuthi ngoba lapho kanye kakhulu kuphela manje lokho lokhu ukuze ngakho khona yini "
+          "kufanele ngemva phakathi akukho ayikwazi ngokuthi nje",
+    "so": "iyo waa ayaa waxaa waxay wuxuu waxa sida kale kasta markii haddii laakiin ugu lagu loo kala inuu inay "
+          "kuwa tahay yahay ahaa jira badan aad uga ayuu ayay isla ka ku",
+    "nso": "gore goba bakeng bjalo gona yeo seo leo tšeo ga ge bja tša tše eba",
+    "lg": "mu ku nga oba bwe nti kino buli kya ekyo naye kubanga okuba",
 }
 
 #: Languages whose prose is written in the unmarked letters a-z alone. For a model trained only on them, a
 #: paragraph whose words often carry letters beyond those (Vietnamese, Azerbaijani, Icelandic...) is in
 #: another language whatever its stop words: see :data:`MARKED_SHARE`.
-UNMARKED = frozenset({"en", "id", "ms", "sw", "tl", "eu"})
+UNMARKED = frozenset({"en", "id", "ms", "sw", "tl", "eu", "xh", "zu", "so", "lg"})
 
 #: Fewest letter words in a paragraph for a decision.
 MIN_WORDS = 12
@@ -132,7 +142,7 @@ MIN_SHARE = 0.15
 MARGIN = 4.0
 #: A paragraph of at least :data:`SPARSE_WORDS` Latin-script words of which the model's own languages'
 #: stop words cover less than this share is in none of them, whichever language it is in (one without a
-#: list here: Somali, Zulu, Hausa...): English prose covers 12% or more in 99 paragraphs of 100.
+#: list here: Hausa, Shona, Kinyarwanda...): English prose covers 12% or more in 99 paragraphs of 100.
 SPARSE_SHARE = 0.03
 SPARSE_WORDS = 20
 #: For a model of :data:`UNMARKED` languages only, the least share of a paragraph's Latin-script words with a
