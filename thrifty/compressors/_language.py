@@ -221,8 +221,7 @@ class ParagraphLanguages:
         codes = points[starts]
         lower = codes | 0x20
         latin = ((lower >= 0x61) & (lower <= 0x7A)) | in_blocks(codes, _MARKED_RANGES)
-        symbol = (((codes >= 0x2000) & (codes <= 0x2BFF)) | ((codes >= 0x3000) & (codes <= 0x303F))
-                  | ((codes >= 0xFE00) & (codes <= 0xFFFF)) | (codes >= 0x1F000))
+        symbol = in_blocks(codes, _SYMBOL_RANGES)
         other = (codes >= 0x370) & ~latin & ~symbol
         breaks = np.array([m.end() for m in PARAGRAPH_BREAK.finditer(text)], dtype=np.int64)
         paragraph = np.searchsorted(breaks, starts, side="right")
@@ -257,6 +256,9 @@ class ParagraphLanguages:
                 if bounds[p + 1] > bounds[p]]
 
 
+#: Punctuation, symbols and emoji above U+0370, which are no script's words: general punctuation to the
+#: miscellaneous symbols and arrows, the CJK symbols, variation selectors to the specials, and the emoji planes.
+_SYMBOL_RANGES = ((0x2000, 0x2BFF), (0x3000, 0x303F), (0xFE00, 0xFFFF), (0x1F000, 0x10FFFF))
 #: The Latin letters beyond a-z, as code point ranges: Latin-1's letters, Latin Extended-A and -B, and
 #: Latin Extended Additional (Vietnamese's stacked accents).
 _MARKED_RANGES = ((0xC0, 0xD6), (0xD8, 0xF6), (0xF8, 0x24F), (0x1E00, 0x1EFF))
