@@ -209,3 +209,20 @@ def test_an_engine_keeps_the_measurement_under_its_configured_cache_dir(weights,
         assert fast_precision(weights) == "int8"  # read from there, not timed
     finally:
         engine.close()
+
+
+def test_weights_replaced_in_place_are_a_new_model_to_measure(tmp_path):
+    # a transformers directory (no thrifty manifest) is known by its path and its weights' size and time
+    # of change: a copy of the same size put in place is measured again, not run at the old one's precision
+    import os
+
+    directory = tmp_path / "llmlingua-2"
+    directory.mkdir()
+    weights = directory / "model.safetensors"
+    weights.write_bytes(b"a" * 64)
+    first = model._identity(directory)
+    weights.write_bytes(b"b" * 64)
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert model._identity(directory) != first
+    assert model._identity(directory) == model._identity(directory)

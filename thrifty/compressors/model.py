@@ -175,14 +175,18 @@ def _pick(speeds: dict[str, float]) -> str:
 
 
 def _identity(path: Path) -> tuple[str, ...]:
-    """The model's identity, cheaply: thrifty weights by their hashes (wherever they lie), others by path."""
+    """The model's identity, cheaply: thrifty weights by their hashes (wherever they lie), others by path and
+    their weights' size and time of change (so weights replaced in place are measured again)."""
     manifest = path / "manifest.json"
     if manifest.is_file():
         data = _read_json(manifest)
         base = data.get("base")
         return str(data.get("delta_sha256", "")), str(base.get("sha256", "") if isinstance(base, dict) else "")
     weights = path / "model.safetensors"
-    return str(path), str(weights.stat().st_size) if weights.is_file() else ""
+    if not weights.is_file():
+        return str(path), ""
+    st = weights.stat()
+    return str(path), f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def _time_precisions(path: Path, candidates: tuple[str, ...]) -> dict[str, float]:
