@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
@@ -14,3 +17,14 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.01)
     return condition()
+
+
+def poll(fetch: Callable[[], T], done: Callable[[T], bool], timeout: float = 10.0) -> T:
+    """``fetch()`` every 50 ms until ``done`` holds of what it returns or ``timeout`` seconds have passed; the
+    last value either way (so that the assertion that follows shows what there was)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if done(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 
 import thrifty
 from tests.middleware.conftest import _ledger_rows, make_settings
+from tests.support import poll
 from thrifty import Engine, Stage
 from thrifty.contracts import ContractStage, OutputSpec, load_contract, render
 from thrifty.errors import ContractFileError
@@ -242,12 +242,7 @@ def proxy(tmp_path, upstream, contracts_dir, capture) -> Iterator[tuple[str, Eng
 
 
 def wait_rows(eng: Engine, n: int) -> list[dict]:
-    deadline = time.monotonic() + 10
-    while True:
-        rows = _ledger_rows(eng)
-        if len(rows) >= n or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)
+    return poll(lambda: _ledger_rows(eng), lambda rows: len(rows) >= n)
 
 
 def test_proxy_header_option(proxy, upstream, capture):

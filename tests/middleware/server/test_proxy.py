@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 
 import anthropic
 import httpx2
 import openai
 import pytest
 
+from tests.support import poll
 from thrifty.testing import REPLY
 
 MSG = [{"role": "user", "content": "say hello to the test"}]
@@ -25,12 +25,7 @@ def ant(proxy, **kw) -> anthropic.Anthropic:
 
 
 def wait_rows(proxy, n: int, timeout: float = 10.0) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = proxy.rows()
-        if len(rows) >= n or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)
+    return poll(proxy.rows, lambda rows: len(rows) >= n, timeout)
 
 
 # ---------------------------------------------------------------- calls, headers, ledger

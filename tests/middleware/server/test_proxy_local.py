@@ -11,19 +11,14 @@ import httpx2
 import openai
 import pytest
 
-from tests.support import wait_for
+from tests.support import poll, wait_for
 
 pytestmark = pytest.mark.model
 MSG = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def new_rows(proxy, before: int, n: int, timeout: float = 15.0) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = proxy.rows()[before:]
-        if len(rows) >= n or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)
+    return poll(lambda: proxy.rows()[before:], lambda rows: len(rows) >= n, timeout)
 
 
 def match(row: dict, prompt: int, completion: int) -> None:
