@@ -49,6 +49,13 @@ def test_a_less_precise_runtime_must_be_clearly_faster(speeds, expected):
 def test_candidates_are_those_the_cpu_computes_natively(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(model, "_cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False)
+    assert fast_candidates() == ("float32",)  # AVX2 alone: int8 ran ten times slower, and is not timed
+    monkeypatch.setattr(model, "_cpu_flags", lambda: frozenset({"avx2", "avx_vnni"}))
+    assert fast_candidates() == ("float32", "int8")
+    monkeypatch.setattr(model, "_cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True)
     assert not native_bfloat16() and fast_candidates() == ("float32", "int8")
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert fast_candidates() == PRECISIONS
@@ -61,15 +68,22 @@ def test_candidates_are_those_the_cpu_computes_natively(monkeypatch):
 def test_without_torch_the_only_candidate_is_float32(monkeypatch):
     import sys
 
-    monkeypatch.setitem(sys.modules, "thrifty.compressors._int8", None)  # import fails, as without torch
+    monkeypatch.setitem(sys.modules, "torch", None)  # imports fail, as without torch
+    monkeypatch.setitem(sys.modules, "thrifty.compressors._int8", None)
     assert fast_candidates() == ("float32",)
 
 
-def test_the_choice_is_measured_once_and_kept(weights, probe_dir, monkeypatch):
+@pytest.fixture
+def two_candidates(monkeypatch):
+    """float32 and int8 to time, whatever this CPU computes natively (on AVX2 alone only float32 would be)."""
+    monkeypatch.setattr(model, "fast_candidates", lambda: ("float32", "int8"))
+
+
+def test_the_choice_is_measured_once_and_kept(weights, probe_dir, two_candidates, monkeypatch):
     chosen = fast_precision(weights)
     stored = json.loads((probe_dir / "dtype-probe.json").read_text())
     (key, speeds), = stored.items()
-    assert set(speeds) == set(fast_candidates()) and all(v > 0 for v in speeds.values())
+    assert set(speeds) == {"float32", "int8"} and all(v > 0 for v in speeds.values())
     assert chosen == model._pick(speeds)
 
     def no_timing(*args):
@@ -109,12 +123,12 @@ def test_one_candidate_needs_no_measurement(weights, probe_dir, monkeypatch):
     assert not (probe_dir / "dtype-probe.json").exists()
 
 
-def test_an_unwritable_cache_costs_only_a_second_measurement(weights, tmp_path, monkeypatch):
+def test_an_unwritable_cache_costs_only_a_second_measurement(weights, tmp_path, two_candidates, monkeypatch):
     blocked = tmp_path / "file"
     blocked.write_text("")
     monkeypatch.setattr(model, "_cache_dir", None)
     monkeypatch.setenv("THRIFTY_LOCAL__CACHE_DIR", str(blocked / "models"))  # below a file: cannot be made
-    assert fast_precision(weights) in fast_candidates()
+    assert fast_precision(weights) in ("float32", "int8")
 
 
 def test_int8_layers_follow_the_float_layers():
@@ -185,7 +199,8 @@ def test_an_unknown_precision_names_the_known_ones(weights):
         load_model(weights, precision="float16")
 
 
-def test_an_engine_keeps_the_measurement_under_its_configured_cache_dir(weights, tmp_path, monkeypatch):
+def test_an_engine_keeps_the_measurement_under_its_configured_cache_dir(weights, tmp_path, two_candidates,
+                                                                        monkeypatch):
     # a [local] cache_dir set only in the config file is where the compressor reads and keeps its measurement
     from thrifty.middleware.engine import Engine
     from thrifty.middleware.providers.local._models import machine_key, write_probe
@@ -202,7 +217,7 @@ def test_an_engine_keeps_the_measurement_under_its_configured_cache_dir(weights,
 
     monkeypatch.setattr(model, "_time_precisions", no_timing)
     key = machine_key("compressor", *model._identity(weights.resolve()))
-    write_probe(root, key, {p: (1000.0 if p == "int8" else 10.0) for p in fast_candidates()})
+    write_probe(root, key, {"float32": 10.0, "int8": 1000.0})
     engine = Engine(Settings.load(config, data_dir=tmp_path / "data"), ledger=False)
     try:
         assert model.probe_root() == root

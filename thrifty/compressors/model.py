@@ -27,8 +27,8 @@ built once under a lock.
 **Precision.** ``float32`` is the model as trained (the exact mode). The fast
 and turbo modes run it in whichever of ``float32``, ``bfloat16`` (where the CPU
 computes it natively: AVX512-BF16 or AMX) and ``int8`` (the encoder's matrix
-products in integers, :mod:`thrifty.compressors._int8`) is fastest on this
-machine: :func:`fast_precision` times each on the model itself once, interleaved,
+products in integers, :mod:`thrifty.compressors._int8`, where the CPU has VNNI
+or AMX) is fastest on this machine: :func:`fast_precision` times each on the model itself once, interleaved,
 and stores the figures in the local models' ``dtype-probe.json`` (keyed by model,
 CPU, torch version and threads), so later processes, and so their decisions, do
 not change with the machine's load. A less precise runtime must be at least 10%
@@ -51,7 +51,7 @@ from thrifty.errors import LocalModelError
 from thrifty.settings import Precision
 
 __all__ = ["DEFAULT_WEIGHTS", "PRECISIONS", "LoadedModel", "default_model_dir", "fast_candidates", "fast_precision",
-           "fast_variant_dir", "load_model", "native_bfloat16", "probe_root", "sha256_file", "use_cache_dir"]
+           "fast_variant_dir", "load_model", "native_bfloat16", "native_int8", "probe_root", "sha256_file", "use_cache_dir"]
 
 #: The name of thrifty's own keep/drop weights, used when no model is given.
 DEFAULT_WEIGHTS = "minilm-keep-v2"
@@ -116,20 +116,47 @@ def native_bfloat16() -> bool:
         return False
 
 
-def fast_candidates() -> tuple[str, ...]:
-    """The precisions worth timing for the fast modes here: float32, and those the CPU computes natively."""
+def native_int8() -> bool:
+    """Whether this CPU multiplies int8 matrices natively (x86 VNNI, 512- or 256-bit, or AMX) and this torch
+    can (``torch._int_mm``).
+
+    Without, torch's int8 product is no faster than float32's: on an AVX2-only CPU it ran the model about
+    ten times slower, and timing it made the first measurement take 40 s instead of none.
+    """
     try:
+        import torch
+
         from thrifty.compressors._int8 import int8_supported
     except ImportError:  # no torch: loading the model will say what to install
-        return ("float32",)
-    return tuple(p for p, ok in zip(PRECISIONS, (True, native_bfloat16(), int8_supported()), strict=True) if ok)
+        return False
+    try:
+        vnni = bool(torch.cpu._is_vnni_supported() or torch.cpu._is_amx_tile_supported()) or "avx_vnni" in _cpu_flags()
+    except (AttributeError, RuntimeError):
+        return False
+    return vnni and int8_supported()
+
+
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags where Linux tells them (``/proc/cpuinfo``), else none."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            line = next((ln for ln in fh if ln.startswith("flags")), "")
+    except OSError:
+        return frozenset()
+    return frozenset(line.partition(":")[2].split())
+
+
+def fast_candidates() -> tuple[str, ...]:
+    """The precisions worth timing for the fast modes here: float32, and those the CPU computes natively."""
+    return tuple(p for p, ok in zip(PRECISIONS, (True, native_bfloat16(), native_int8()), strict=True) if ok)
 
 
 def fast_precision(model: str | os.PathLike[str] | None = None) -> str:
     """The precision the fast and turbo modes run ``model`` (default: thrifty's weights) in on this machine.
 
     Measured once per machine (see the module docstring): the first call loads the model in each of
-    :func:`fast_candidates` and times it: about 5 s for thrifty's six layers on 2 cores, once.
+    :func:`fast_candidates` and times it: about 5 s for thrifty's six layers on 2 cores, once; nothing where
+    float32 is the only candidate (a CPU with neither VNNI, AVX512-BF16 nor AMX).
     """
     from thrifty.middleware.providers.local._models import machine_key, read_probe, write_probe
 
