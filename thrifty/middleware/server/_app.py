@@ -203,8 +203,8 @@ class ProxyApp:
             return
         self._started = True
         self.engine.warm_up_in_background()
-        # with no provider keys every call goes to the local default model; with keys this returns at once
-        threading.Thread(target=self._entry.defaults.warm_up, name="thrifty-warm-up-model", daemon=True).start()
+        if self._entry.defaults.active:  # no provider keys: every call goes to the local default model
+            threading.Thread(target=self._entry.defaults.warm_up, name="thrifty-warm-up-model", daemon=True).start()
 
     async def aclose(self) -> None:
         """Flush the ledger and close the upstream clients (when the app made its engine), and the key store."""
