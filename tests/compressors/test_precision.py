@@ -15,6 +15,7 @@ from thrifty.compressors import _int8, model
 from thrifty.compressors.lingua import Compressor
 from thrifty.compressors.model import PRECISIONS, fast_candidates, fast_precision, load_model, native_bfloat16
 from thrifty.errors import LocalModelError
+from thrifty.middleware.providers.local import _models
 
 pytestmark = pytest.mark.skipif(not _int8.int8_supported(), reason="this torch has no int8 matrix product")
 
@@ -49,12 +50,12 @@ def test_a_less_precise_runtime_must_be_clearly_faster(speeds, expected):
 def test_candidates_are_those_the_cpu_computes_natively(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    monkeypatch.setattr(model, "_cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(_models, "cpu_flags", lambda: frozenset({"avx2"}))
     monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False)
     assert fast_candidates() == ("float32",)  # AVX2 alone: int8 ran ten times slower, and is not timed
-    monkeypatch.setattr(model, "_cpu_flags", lambda: frozenset({"avx2", "avx_vnni"}))
+    monkeypatch.setattr(_models, "cpu_flags", lambda: frozenset({"avx2", "avx_vnni"}))
     assert fast_candidates() == ("float32", "int8")
-    monkeypatch.setattr(model, "_cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(_models, "cpu_flags", lambda: frozenset({"avx2"}))
     monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True)
     assert not native_bfloat16() and fast_candidates() == ("float32", "int8")
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)

@@ -28,8 +28,8 @@ built once under a lock.
 and turbo modes run it in whichever of ``float32``, ``bfloat16`` (where the CPU
 computes it natively: AVX512-BF16 or AMX) and ``int8`` (the encoder's matrix
 products in integers, :mod:`thrifty.compressors._int8`, where the CPU has VNNI
-or AMX) is fastest on this machine: :func:`fast_precision` times each on the model itself once, interleaved,
-and stores the figures in the local models' ``dtype-probe.json`` (keyed by model,
+or AMX) is fastest on this machine: :func:`fast_precision` times each on the
+model itself once, interleaved, and stores the figures in the local models' ``dtype-probe.json`` (keyed by model,
 CPU, torch version and threads), so later processes, and so their decisions, do
 not change with the machine's load. A less precise runtime must be at least 10%
 faster than a more precise one to be chosen. Flags alone do not tell: on one
@@ -51,7 +51,8 @@ from thrifty.errors import LocalModelError
 from thrifty.settings import Precision
 
 __all__ = ["DEFAULT_WEIGHTS", "PRECISIONS", "LoadedModel", "default_model_dir", "fast_candidates", "fast_precision",
-           "fast_variant_dir", "load_model", "native_bfloat16", "native_int8", "probe_root", "sha256_file", "use_cache_dir"]
+           "fast_variant_dir", "load_model", "native_bfloat16", "native_int8", "probe_root", "sha256_file",
+           "use_cache_dir"]
 
 #: The name of thrifty's own keep/drop weights, used when no model is given.
 DEFAULT_WEIGHTS = "minilm-keep-v2"
@@ -129,21 +130,13 @@ def native_int8() -> bool:
         from thrifty.compressors._int8 import int8_supported
     except ImportError:  # no torch: loading the model will say what to install
         return False
+    from thrifty.middleware.providers.local._models import cpu_flags
+
     try:
-        vnni = bool(torch.cpu._is_vnni_supported() or torch.cpu._is_amx_tile_supported()) or "avx_vnni" in _cpu_flags()
+        vnni = bool(torch.cpu._is_vnni_supported() or torch.cpu._is_amx_tile_supported()) or "avx_vnni" in cpu_flags()
     except (AttributeError, RuntimeError):
         return False
     return vnni and int8_supported()
-
-
-def _cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags where Linux tells them (``/proc/cpuinfo``), else none."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            line = next((ln for ln in fh if ln.startswith("flags")), "")
-    except OSError:
-        return frozenset()
-    return frozenset(line.partition(":")[2].split())
 
 
 def fast_candidates() -> tuple[str, ...]:

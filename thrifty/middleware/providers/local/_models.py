@@ -46,8 +46,8 @@ from thrifty.middleware.providers.local._deps import torch_mod, transformers_mod
 from thrifty.middleware.providers.local.hooks import LocalModelInfo
 from thrifty.settings import LocalModelSettings
 
-__all__ = ["MIN_SPEEDUP", "LoadedModel", "ModelStore", "cpu_name", "default_cache_root", "machine_key", "model_store",
-           "pick_fastest", "read_probe", "write_probe"]
+__all__ = ["MIN_SPEEDUP", "LoadedModel", "ModelStore", "cpu_flags", "cpu_name", "default_cache_root", "machine_key",
+           "model_store", "pick_fastest", "read_probe", "write_probe"]
 
 Dtype = Literal["float32", "bfloat16"]
 #: A less precise dtype is chosen only when it is at least this much faster than the more precise one
@@ -264,15 +264,23 @@ def _decode_speed(model: Any, tokenizer: Any) -> float:
     return _PROBE_STEPS / (time.perf_counter() - started)
 
 
-def cpu_name() -> str:
-    """The CPU's model name where Linux tells it (``/proc/cpuinfo``), else the machine type ("x86_64")."""
-    cpu = platform.machine()
+def _cpuinfo(field: str) -> str | None:
+    """The first ``field`` line's value in ``/proc/cpuinfo`` where Linux tells it, else None."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+            return next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith(field)), None)
     except OSError:
-        pass
-    return cpu
+        return None
+
+
+def cpu_name() -> str:
+    """The CPU's model name where Linux tells it (``/proc/cpuinfo``), else the machine type ("x86_64")."""
+    return _cpuinfo("model name") or platform.machine()
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags where Linux tells them (``/proc/cpuinfo``), else none."""
+    return frozenset((_cpuinfo("flags") or "").split())
 
 
 def machine_key(*parts: str) -> str:
