@@ -10,21 +10,16 @@ T = TypeVar("T")
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Whether ``condition`` holds within ``timeout`` seconds (polled every 10 ms, and once more at the end)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
+    """Whether ``condition`` holds within ``timeout`` seconds (polled every 10 ms)."""
+    return bool(poll(condition, bool, timeout, every=0.01))
 
 
-def poll(fetch: Callable[[], T], done: Callable[[T], bool], timeout: float = 10.0) -> T:
-    """``fetch()`` every 50 ms until ``done`` holds of what it returns or ``timeout`` seconds have passed; the
-    last value either way (so that the assertion that follows shows what there was)."""
+def poll(fetch: Callable[[], T], done: Callable[[T], bool], timeout: float = 10.0, every: float = 0.05) -> T:
+    """``fetch()`` every ``every`` seconds until ``done`` holds of what it returns or ``timeout`` seconds have
+    passed; the last value either way (so that the assertion that follows shows what there was)."""
     deadline = time.monotonic() + timeout
     while True:
         value = fetch()
         if done(value) or time.monotonic() > deadline:
             return value
-        time.sleep(0.05)
+        time.sleep(every)
