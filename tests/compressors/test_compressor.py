@@ -272,6 +272,45 @@ def test_short_paragraphs_in_other_languages_are_told(tmp_path):
     assert german.foreign_paragraphs(umlauts) == []
 
 
+#: Short sentences that neither a stop-word list (Dutch's shares "is" with English, which the margin counts
+#: against it) nor letters beyond a-z tell, but an English vocabulary: it holds none of their longer words whole.
+UNKNOWN = {
+    "nl": "De stroom is vercijferd en kan niet worden ontcijferd omdat er geen geschikte sleutel aangeleverd is.",
+    "ha": "Sabuwar manhajar tana da sauri sosai, amma tana bukatar karin wurin adanawa kafin ta fara aiki.",
+    "sn": "Shanduro itsva yechirongwa ichi inokurumidza, asi inoda ndangariro yakawanda, saka haigone kushanda "
+          "pamaseva ekare.",
+    "rw": "Verisiyo nshya ya porogaramu irihuta cyane, ariko ikeneye ububiko bwinshi, bityo ntishobora gukora kuri "
+          "mudasobwa zishaje.",
+}
+
+
+def test_paragraphs_of_words_the_vocabulary_does_not_hold_are_told(tmp_path):
+    from tests.compressors.weights_support import make_weights
+    from thrifty.compressors import _language
+    from thrifty.compressors.lingua import Compressor
+
+    english = Compressor.load("exact", str(make_weights(tmp_path / "en", languages=["en"])))
+    for language, text in UNKNOWN.items():
+        assert 12 <= len(text.split()) < _language.SPARSE_WORDS, language
+        ids, offs, _ = english._tokenize(text)
+        _, _, counts, starts, ends = english._word_bounds(ids, offs)
+        longer = ends - starts >= _language.UNKNOWN_LETTERS
+        assert (counts[longer] == 1).mean() < _language.KNOWN_SHARE, language
+        assert english.foreign_paragraphs(text) == [(0, len(text))], language
+    for english_text in (  # rare words among ordinary English ones, which the vocabulary holds, stay English
+            "Acetaminophen, ibuprofen, naproxen, diclofenac, celecoxib and indomethacin reduce inflammation and "
+            "pain in most patients.",
+            "Polytetrafluoroethylene, polyvinylidene fluoride and perfluoroalkoxy alkanes resist hydrofluoric acid "
+            "at elevated temperatures.",
+            "Tshabalala, Mokoena, Nkosinathi, Oyelaran, Adebayo, Chukwuemeka and Olamide joined the Johannesburg "
+            "engineering team."):
+        assert english.foreign_paragraphs(english_text) == [], english_text
+    # to a model that names Dutch, the Dutch sentence is its own (its stop words cover a third of it)
+    dutch = Compressor.load("exact", str(make_weights(tmp_path / "nl", languages=["en", "nl"])))
+    assert dutch.foreign_paragraphs(UNKNOWN["nl"]) == []
+    assert dutch.foreign_paragraphs(UNKNOWN["sn"]) == [(0, len(UNKNOWN["sn"]))]
+
+
 def test_malformed_unicode_survives(exact):
     text = ("Some text with a broken byte \udcff here and more words to compress away. " * 4)
     out = exact.compress(text, 0.5).text
