@@ -190,8 +190,9 @@ def test_bad_options_are_a_400(engine, upstream):
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
             extra_body={"thrifty": {"compress": {"rat": 0.5}}})
     assert bad.value.param == "thrifty.compress.rat"
-    for loose in ("yes", "false", 1):  # true, false or options: nothing is read as a boolean
-        with pytest.raises(openai.BadRequestError, match="valid boolean") as bad:
+    for loose in ("yes", "false", 1, 0.5):  # true, false or options: nothing is read as a boolean or a rate
+        with pytest.raises(openai.BadRequestError, match=r"expected true, false or an object of options such as "
+                                                         r"\{\"rate\": 0\.5\}, got ") as bad:
             oai(engine, upstream).chat.completions.create(
                 model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
                 extra_body={"thrifty": {"compress": loose}})

@@ -8,6 +8,7 @@ technique); the ledger observer reads it to write the call's row.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -130,9 +131,10 @@ class ThriftyOptions(BaseModel):
                     f"unknown thrifty option {where!r}; known options are: {known}",
                     param=f"thrifty.{where}",
                 ) from None
-            raise InvalidRequestError(
-                f"invalid thrifty option {where!r}: {first['msg']}", param=f"thrifty.{where}"
-            ) from None
+            message = first["msg"]
+            if tag == "bool":  # neither a boolean nor an object: say both, not only the first of the union
+                message = f"expected true, false or an object of options such as {{\"rate\": 0.5}}, got {json.dumps(raw['compress'], default=str)}"
+            raise InvalidRequestError(f"invalid thrifty option {where!r}: {message}", param=f"thrifty.{where}") from None
 
 
 EMPTY_OPTIONS = ThriftyOptions()
