@@ -150,15 +150,22 @@ def test_an_english_model_keeps_paragraphs_in_other_languages_whole(tmp_path, ex
     out = english.compress(text, 0.4)
     assert GERMAN in out.text and RUSSIAN in out.text and SPANISH in out.text  # byte for byte
     assert out.protected_chars >= len(GERMAN) + len(RUSSIAN) + len(SPANISH)
-    assert out.foreign_chars == len(GERMAN) + len(RUSSIAN) + len(SPANISH)
+    # of which kept for their language alone: all but each paragraph's year, which is kept as a number
+    assert all(p.count("2027") == 1 for p in (GERMAN, RUSSIAN, SPANISH))
+    assert out.foreign_chars == len(GERMAN) + len(RUSSIAN) + len(SPANISH) - 3 * len("2027")
     assert out.tokens_after < out.tokens_before and PASSAGE.strip() not in out.text  # the English is compressed,
     assert "mitten im Englischen." not in out.text  # with the German sentence inside an English paragraph
     alone = english.compress(GERMAN, 0.4)
     assert alone.text == GERMAN and alone.skipped == "language"
-    assert alone.protected_chars == alone.foreign_chars == len(GERMAN)
+    assert alone.protected_chars == len(GERMAN) and alone.foreign_chars == len(GERMAN) - len("2027")
     # a German paragraph beside a code block: nothing may be dropped, but not all of it is German
     mixed = english.compress(f"{GERMAN}\n\n```\nprint('hello world, how are you today')\n```", 0.4)
-    assert mixed.skipped == "protected" and mixed.foreign_chars == len(GERMAN)
+    assert mixed.skipped == "protected" and mixed.foreign_chars == alone.foreign_chars
+    # a code block the language check also takes is counted as code, not as a language
+    code = ('```python\nChatOpenAI(base_url="http://127.0.0.1:8787/v1", api_key="unused", model="default").invoke("Hi")'
+            '\nChatAnthropic(base_url="http://127.0.0.1:8787", api_key="unused", model="default").invoke("Hi")\n```')
+    assert english.foreign_paragraphs(code) == [(0, len(code))]
+    assert english.compress(f"{PASSAGE}\n\n{code}", 0.4).foreign_chars == 0
     # nothing of the kind without the manifest's languages (as llmlingua), without protection, or in the
     # keep decisions, which protect nothing unless asked
     assert GERMAN not in exact.compress(text, 0.4).text

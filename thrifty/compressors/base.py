@@ -46,7 +46,8 @@ class CompressResult:
     protected or unreadable to the model; ``"language"``: all of it is in
     paragraphs written in none of the model's languages), or is ``None``.
     ``protected_chars`` counts the characters kept byte for byte, and
-    ``foreign_chars`` those of them in such paragraphs.
+    ``foreign_chars`` those of them kept only for being in such paragraphs (not
+    also as code, numbers, URLs...).
     """
 
     text: str

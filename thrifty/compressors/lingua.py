@@ -380,10 +380,12 @@ class Compressor:
         if foreign_check:
             foreign = self._paragraphs.foreign(text, points, ids, first, counts, starts, ends)
             if foreign:
+                others = sum(e - s for s, e in spans)
                 spans = merge_spans(spans + foreign)
+                # what the language alone keeps (a code block or a URL is kept as such, in any language)
+                foreign_chars = sum(e - s for s, e in spans) - others
                 # the paragraphs are whole words: count those inside them
                 bounds = np.searchsorted(starts, np.array(foreign, dtype=np.int64), side="left")
-                foreign_chars = sum(e - s for s, e in foreign)
                 all_foreign = int((bounds[:, 1] - bounds[:, 0]).sum()) == len(starts)
         protected = np.zeros(len(first), dtype=bool)
         if spans:

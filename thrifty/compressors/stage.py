@@ -34,7 +34,7 @@ the compression time in ms, the number of parts compressed, how many of
 them were compressed for a question (``question_aware``) and how many of
 their characters were kept byte for byte (``protected_chars``: code, numbers,
 URLs..., paragraphs in languages the model does not know), of which
-``foreign_chars`` in such paragraphs; the recorder
+``foreign_chars`` kept only for their paragraph's language; the recorder
 prices the saved tokens at the model's input price. A compressor failure
 sends the call on uncompressed (recorded as ``detail["error"]``) unless
 ``fail_open = false``, when the call fails with
