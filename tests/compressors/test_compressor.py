@@ -100,6 +100,51 @@ def test_a_help_text_keeps_its_options_file_names_and_paths(exact):
     assert len(out) < 0.8 * len(HELP)  # the prose around them is still compressed
 
 
+#: An incident write-up: prose around a Python traceback, a Java and a Node.js trace and shell commands.
+TRACES = [
+    'Traceback (most recent call last):\n'
+    '  File "/srv/app/worker.py", line 88, in run\n'
+    '    result = handler(payload, retries=3)\n'
+    '  File "/srv/app/handlers.py", line 41, in handler\n'
+    '    return parse(payload["body"]).total\n'
+    '           ^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n'
+    "KeyError: 'body'",
+    'Exception in thread "main" java.lang.IllegalStateException: connection pool exhausted\n'
+    '\tat com.example.db.Pool.acquire(Pool.java:142)\n'
+    '\tat com.example.api.Orders.list(Orders.java:57)\n'
+    'Caused by: java.util.concurrent.TimeoutException: waited for a free connection and gave up\n'
+    '\tat com.example.db.Pool.waitFor(Pool.java:201)\n'
+    '\t... 12 more',
+    '    at renderUser (/srv/web/views/user.js:23:17)\n'
+    '    at processTicksAndRejections (node:internal/process/task_queues:95:5)',
+    '$ kubectl get pods --namespace prod\n'
+    '$ kubectl rollout undo deployment orders-api',
+]
+INCIDENT = (
+    "The worker crashed shortly after the deploy on Tuesday night, and the on-call engineer collected the "
+    f"following output from the logs of the three services before restarting anything:\n{TRACES[0]}\n"
+    "The orders service failed at about the same time, because every request was waiting for a connection that "
+    f"the pool could not hand out:\n{TRACES[1]}\nThe web front end then threw errors for every user page:\n"
+    f"TypeError: Cannot read properties of undefined\n{TRACES[2]}\nThe engineer rolled the deployment back with "
+    f"these commands, and the queue drained within about ten minutes:\n{TRACES[3]}\n"
+    "We need to validate the payload before it reaches the parser, and to size the pool for the peak load.\n")
+
+
+def test_stack_traces_and_shell_commands_pass_through(exact):
+    from thrifty.compressors.protect import protected_spans
+
+    # a traceback's code lines and exception were compressed like prose ("raw_decode idx_w 0" of
+    # "raw_decode(s, idx=_w(s, 0).end())"), and so were the words of a command line
+    out = exact.compress(INCIDENT, 0.33)
+    for trace in TRACES:
+        assert trace in out.text, trace
+    prose_chars = len(INCIDENT) - sum(len(t) for t in TRACES)
+    assert len(out.text) < len(INCIDENT) - prose_chars / 3  # the prose around them is still compressed
+    # an indented line of prose that starts with "at" is no frame, nor is a dollar amount in a sentence
+    prose = "  at the end of the day we met (briefly)\nIt cost $ 5 or so.\n"
+    assert [prose[s:e] for s, e in protected_spans(prose)] == ["5"]
+
+
 def test_an_english_model_keeps_chinese_and_thai_whole(tmp_path, exact):
     # thrifty's own manifests say English: its tokenizer makes each CJK character a word, and dropping
     # some of them would break the words they spell, so text in scripts without spaces passes through

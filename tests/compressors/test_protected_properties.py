@@ -35,6 +35,10 @@ PROTECTED = st.one_of(
     st.from_regex(r"-[a-zA-Z]|--[a-z]{2,8}(-[a-z]{2,8}){0,2}(=[A-Z]{3,5})?", fullmatch=True),
     st.from_regex(r"(~|\.|\.\.)?/[a-z]{1,6}(/[a-z_.]{0,6}[a-z]){0,3}|[a-z]{1,6}(/[a-z]{1,6}){1,2}\.py",
                   fullmatch=True),
+    # a stack frame and a shell command line, each on a line of its own
+    st.from_regex(r"\n\tat [a-z]{1,6}\.[A-Z][a-z]{1,6}\.[a-z]{1,6}\([A-Z][a-z]{1,6}\.java:[1-9][0-9]{0,3}\)\n",
+                  fullmatch=True),
+    st.from_regex(r"\n\$ [a-z]{2,8}( --?[a-z]{1,8}){0,3}( [a-z]{2,8}){0,2}\n", fullmatch=True),
 )
 
 

@@ -6,6 +6,10 @@ character ranges. What is protected by default (``defaults=True``):
 * fenced code blocks (```` ``` ```` or ``~~~``, to the closing fence or the end
   of the text) and indented code blocks (lines indented by four spaces or a tab
   after a blank line), and inline code in backticks;
+* stack traces: a Python traceback from ``Traceback (most recent call last):``
+  to its exception line, and the frames of JVM, .NET and JavaScript traces
+  (``at com.x.Pool.get(Pool.java:42)``, ``at f (app.js:10:5)``) with their
+  ``Caused by:`` and ``... 3 more`` lines; and shell command lines (``$ ...``);
 * JSON objects and arrays (anything :func:`json.JSONDecoder.raw_decode` accepts
   that starts with ``{`` or ``[``);
 * URLs (``scheme://...`` and ``www....``) and e-mail addresses;
@@ -60,6 +64,16 @@ _DEFAULT_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # indented code after a blank line (or at the start)
     (r"(?m)(?:(?<=\n\n)|\A)(?:(?: {4}|\t)[^\n]*\S[^\n]*(?:\n|\Z))+", ("    ", "\t")),
     (r"`[^`\n]+`", ("`",)),
+    # stack traces: a Python traceback from its header to its exception line; the frames of a JVM, .NET or
+    # JavaScript trace ("at a.B.c(B.java:12)", "at f (app.js:10:5)", "at N.C.M() in C:\\x.cs:line 42"), with
+    # their "Caused by:", "... 3 more" and "Exception in thread" lines
+    (r"(?m)^[ \t]*Traceback \(most recent call last\):[ \t]*\n(?:[ \t]+[^\n]*\n)*[^\n]*",
+     ("Traceback (most recent call last)",)),
+    (r"(?m)^(?:[ \t]+at \S[^\n]*?(?::(?:line )?\d+(?::\d+)?\)?|\((?:Native Method|Unknown Source)\))"
+     r"|[ \t]*(?:Caused by: |Exception in thread )[^\n]*|[ \t]*\.\.\. \d+ more)[ \t]*$",
+     ("at ", "Caused by: ", "Exception in thread ", " more")),
+    # shell command lines ("$ kubectl get pods -n prod")
+    (r"(?m)^[ \t]*\$ [^\n]+", ("$ ",)),
     # URLs and e-mail addresses
     (r"(?i)\b(?:[a-z][a-z0-9+.\-]*://|www\.)[^\s<>\"'`]+[^\s<>\"'`.,;:!?)\]}]", ("://", "www.", "WWW.")),
     (r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+", ("@",)),
