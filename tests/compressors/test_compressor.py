@@ -145,6 +145,31 @@ def test_stack_traces_and_shell_commands_pass_through(exact):
     assert [prose[s:e] for s, e in protected_spans(prose)] == ["5"]
 
 
+DIFF = """diff --git a/app/retry.py b/app/retry.py
+index 3f2a1c9..8b7e0d4 100644
+--- a/app/retry.py
++++ b/app/retry.py
+@@ -12,7 +12,8 @@ def backoff(attempt: int) -> float:
+     base = 0.5
+-    return base * 2 ** attempt
++    delay = base * 2 ** attempt
++    return min(delay, MAX_DELAY) + random.uniform(0, base)
+
+ def should_retry(status: int) -> bool:
+\\ No newline at end of file"""
+
+
+def test_a_unified_diff_passes_through(exact):
+    # unfenced, a diff lost its markers and code to the model ("-39,7 +39,8", "click.option"--question"")
+    review = (f"Here is the change I made to the retry logic; please review it carefully before we merge it into "
+              f"the main branch, because the payment service depends on it:\n\n{DIFF}\n\nIt caps the delay "
+              "and adds some jitter, so that the clients which failed together do not all retry at the same moment "
+              "and overload the database again, which is what happened during the outage last week.\n")
+    out = exact.compress(review, 0.33).text
+    assert DIFF in out
+    assert len(out) < len(review) - (len(review) - len(DIFF)) / 3  # the prose around it is still compressed
+
+
 def test_an_english_model_keeps_chinese_and_thai_whole(tmp_path, exact):
     # thrifty's own manifests say English: its tokenizer makes each CJK character a word, and dropping
     # some of them would break the words they spell, so text in scripts without spaces passes through

@@ -9,7 +9,8 @@ character ranges. What is protected by default (``defaults=True``):
 * stack traces: a Python traceback from ``Traceback (most recent call last):``
   to its exception line, and the frames of JVM, .NET and JavaScript traces
   (``at com.x.Pool.get(Pool.java:42)``, ``at f (app.js:10:5)``) with their
-  ``Caused by:`` and ``... 3 more`` lines; and shell command lines (``$ ...``);
+  ``Caused by:`` and ``... 3 more`` lines; unified diffs (their file headers
+  and hunks); and shell command lines (``$ ...``);
 * JSON objects and arrays (anything :func:`json.JSONDecoder.raw_decode` accepts
   that starts with ``{`` or ``[``);
 * URLs (``scheme://...`` and ``www....``) and e-mail addresses;
@@ -56,6 +57,8 @@ _MONTHS = (
 KEEP_REGION = r"<keep>.*?</keep>"
 
 _DIGIT = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
+#: The lines of a diff's hunks after its first: context, added, removed, "\ No newline" and further hunks.
+_HUNK_LINES = r"(?:\n(?:[ +\-\\@][^\n]*|(?=\n[ +\-\\@])))*"
 
 # (pattern, substrings of which one must be in the text for the pattern to be tried at all)
 _DEFAULT_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -72,6 +75,10 @@ _DEFAULT_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"(?m)^(?:[ \t]+at \S[^\n]*?(?::(?:line )?\d+(?::\d+)?\)?|\((?:Native Method|Unknown Source)\))"
      r"|[ \t]*(?:Caused by: |Exception in thread )[^\n]*|[ \t]*\.\.\. \d+ more)[ \t]*$",
      ("at ", "Caused by: ", "Exception in thread ", " more")),
+    # unified diffs: the file header (from "diff --git" or "--- ") and the hunks, to the first line that is
+    # none of theirs (a blank line inside a hunk, where an editor stripped a context line's space, is kept)
+    (r"(?m)(?:^diff --git [^\n]*\n(?:(?!--- )[^\n]*\n){0,6})?^--- [^\n]*\n\+\+\+ [^\n]*" + _HUNK_LINES
+     + r"|^@@ -\d[^\n]*" + _HUNK_LINES, ("+++ ", "@@ -")),
     # shell command lines ("$ kubectl get pods -n prod")
     (r"(?m)^[ \t]*\$ [^\n]+", ("$ ",)),
     # URLs and e-mail addresses
