@@ -170,6 +170,22 @@ def test_a_unified_diff_passes_through(exact):
     assert len(out) < len(review) - (len(review) - len(DIFF)) / 3  # the prose around it is still compressed
 
 
+def test_a_table_and_configuration_pass_through(exact):
+    # a Markdown table lost its header, its rule and most cells ("| lift and shift | high | short | low |"
+    # became "lift shift"), a YAML file its colons and nesting
+    table = ("| plan | monthly cost | migration time | risk |\n|---|---:|---:|---|\n"
+             "| lift and shift | high | short | low |\n| replatform | medium | medium | medium |\n"
+             "| rebuild | low | long | high |")
+    yaml = "name: orders-api\nreplicas: 3\nresources:\n  limits:\n    memory: 512Mi\nenv:\n  - name: LOG_LEVEL"
+    text = (f"The quarterly review compared the three plans that the finance team shortlisted for the migration, "
+            f"and the table below summarises what each would cost and how long it would take.\n\n{table}\n\n"
+            "The committee preferred the second plan, because it balanced the cost against the time that the team "
+            f"could spend on the migration without delaying the other projects. Its deployment:\n\n{yaml}\n")
+    out = exact.compress(text, 0.33).text
+    assert table in out and yaml in out
+    assert len(out) < len(text) - (len(text) - len(table) - len(yaml)) / 3  # the prose is still compressed
+
+
 def test_an_english_model_keeps_chinese_and_thai_whole(tmp_path, exact):
     # thrifty's own manifests say English: its tokenizer makes each CJK character a word, and dropping
     # some of them would break the words they spell, so text in scripts without spaces passes through

@@ -102,3 +102,26 @@ def test_names_joined_by_punctuation_options_and_paths_are_found():
     prose = "A well-known, long-term plan - or two -- came. End. Next...and more\n- first item\n"
     assert protected_spans(prose) == []
     assert protected_spans("call 555 now", defaults=False) == []
+
+
+def test_data_and_configuration_written_without_a_fence_are_found():
+    table = "| plan | monthly cost | risk |\n|---|---:|---|\n| lift and shift | high | low |\n| rebuild | low | high |"
+    yaml = "name: orders-api\nreplicas: 3\nresources:\n  limits:\n    memory: 512Mi\nargs:\n  - --verbose\n  - --port 80"
+    ini = "[server]\nhost = 127.0.0.1\nport = 8787\nworkers = 2"
+    env = "LOG_LEVEL=debug\nDATABASE_URL=postgres://db/orders\nRETRIES=3"
+    csv = "id,name,total,currency\n1,Alice,30.5,EUR\n2,Bob,12,USD"
+    sql = ("SELECT customer_id, SUM(total) AS revenue\nFROM orders WHERE created_at >= '2024-01-01'\n"
+           "GROUP BY customer_id ORDER BY revenue DESC LIMIT 10;")
+    text = "\n\n".join(["The plans we compared:", table, "The deployment:", yaml, "The proxy's settings:", ini,
+                        "Its environment:", env, "The invoices:", csv, "And the query that found the top ten:", sql])
+    found = [text[s:e] for s, e in protected_spans(text)]
+    for item in (table, yaml, ini.split("\n", 1)[1], env, csv, sql):
+        assert item in found, item
+    # prose is not: a transcript's turns, a bullet list, prose about SQL, one labelled line, a sentence of
+    # commas, a lone pipe
+    prose = ("Customer: I cannot log in to my account since this morning.\nAgent: Have you tried resetting your "
+             "password?\nCustomer: Yes, twice, and it still fails.\n\n- open the settings page\n- choose the "
+             "account tab\n- press reset\n\nCREATE INDEX constructs an index on the specified column of a "
+             "table.\n\nNote: the office is closed on Friday.\nRed, green, blue and white are the colours. "
+             "Pick one | or two.\n")
+    assert protected_spans(prose) == []

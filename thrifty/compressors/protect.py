@@ -11,6 +11,12 @@ character ranges. What is protected by default (``defaults=True``):
   (``at com.x.Pool.get(Pool.java:42)``, ``at f (app.js:10:5)``) with their
   ``Caused by:`` and ``... 3 more`` lines; unified diffs (their file headers
   and hunks); and shell command lines (``$ ...``);
+* data and configuration written without a fence: Markdown tables (lines that
+  start and end with ``|``), runs of three or more short ``key: value`` or
+  ``key = value`` lines (YAML, INI, ``.env``, e-mail headers), CSV lines
+  (three or more fields, no spaces) and SQL statements in upper-case keywords
+  (``SELECT ... FROM``, ``INSERT INTO``..., to the semicolon or the end of
+  the paragraph);
 * JSON objects and arrays (anything :func:`json.JSONDecoder.raw_decode` accepts
   that starts with ``{`` or ``[``);
 * URLs (``scheme://...`` and ``www....``) and e-mail addresses;
@@ -57,6 +63,12 @@ _MONTHS = (
 KEEP_REGION = r"<keep>.*?</keep>"
 
 _DIGIT = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
+_SHORT_VALUE = r"\S{1,60}(?:[ \t]+\S{1,60}){0,3}"
+#: A line of configuration or of a record: a key (a word, perhaps dotted or dashed, perhaps a list item's) and
+#: a value of at most four words after ": " or "=", or none after ":" (a YAML mapping's key). Four words keep
+#: out the turns of a transcript ("Agent: Have you tried resetting your password?") and prefixed log lines.
+_KEY_LINE = (r"[ \t]*(?:- )?[A-Za-z_][\w.\-]*(?::(?:[ \t]+" + _SHORT_VALUE + r")?|[ \t]*=[ \t]*(?:" + _SHORT_VALUE
+             + r")?)[ \t]*(?=\n|\Z)")
 #: The lines of a diff's hunks after its first: context, added, removed, "\ No newline" and further hunks.
 _HUNK_LINES = r"(?:\n(?:[ +\-\\@][^\n]*|(?=\n[ +\-\\@])))*"
 
@@ -79,6 +91,19 @@ _DEFAULT_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # none of theirs (a blank line inside a hunk, where an editor stripped a context line's space, is kept)
     (r"(?m)(?:^diff --git [^\n]*\n(?:(?!--- )[^\n]*\n){0,6})?^--- [^\n]*\n\+\+\+ [^\n]*" + _HUNK_LINES
      + r"|^@@ -\d[^\n]*" + _HUNK_LINES, ("+++ ", "@@ -")),
+    # Markdown and ASCII tables: two or more lines that start and end with "|"
+    (r"(?m)^[ \t]*\|[^\n]*\|[ \t]*(?:\n[ \t]*\|[^\n]*\|[ \t]*)+", ("|",)),
+    # configuration and records (YAML, INI, .env, headers): three or more lines of "key: value" or
+    # "key = value" with short values, the first a key's, the others keys' or indented list items
+    (rf"(?m)^{_KEY_LINE}(?:\n(?:{_KEY_LINE}|[ \t]+- {_SHORT_VALUE}[ \t]*(?=\n|\Z))){{2,}}", (":", "=")),
+    # CSV: two or more lines of three or more comma-separated fields without spaces
+    (r"(?m)^[^\s,]*(?:,[^\s,]*){2,}(?:\n[^\s,]*(?:,[^\s,]*){2,})+", (",",)),
+    # SQL statements, written with upper-case keywords: to the semicolon or the end of the paragraph, without
+    # the lower-case English of prose about them ("CREATE INDEX constructs an index on ...")
+    (r"(?m)^[ \t]*(?:SELECT\b[^;]*?\bFROM|(?:INSERT INTO|DELETE FROM) [\w\"`]|UPDATE \S+ SET\b|WITH \w+ AS \(|"
+     r"(?:CREATE|ALTER|DROP) (?:TABLE|(?:UNIQUE )?INDEX|VIEW|SCHEMA|DATABASE) (?:IF (?:NOT )?EXISTS )?[\w\"`])"
+     r"(?:(?!\b(?:the|is|are|was|an|which|that|can|will|must|be|it|its|this|you)\b)[^;])*?(?:;|(?=\n[ \t]*\n)|\Z)",
+     ("SELECT", "INSERT INTO", "UPDATE", "DELETE FROM", "WITH", "CREATE", "ALTER", "DROP")),
     # shell command lines ("$ kubectl get pods -n prod")
     (r"(?m)^[ \t]*\$ [^\n]+", ("$ ",)),
     # URLs and e-mail addresses
