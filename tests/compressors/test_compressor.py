@@ -186,6 +186,25 @@ def test_a_table_and_configuration_pass_through(exact):
     assert len(out) < len(text) - (len(text) - len(table) - len(yaml)) / 3  # the prose is still compressed
 
 
+def test_markup_keeps_its_meaning(exact):
+    # "## Installing" became "# Installing" (another level), "[guide](url)" lost its brackets, "<div ...>" became
+    # 'div class"warning"', and "$L = \lambda \cdot W$" was dropped whole
+    text = ("## Installing the agent on a new server\n\nThe agent runs on every server that the platform team "
+            "manages, and it must be installed before the server joins the cluster. See the [installation guide]"
+            "(https://docs.example.com/agent/install) for the details of each operating system.\n\n"
+            "1. Download the package for your operating system from the internal mirror.\n"
+            "2. Verify its checksum against the one that the release page lists.\n\n"
+            '<div class="warning"><p>Do not install the agent on a server that is already part of another cluster, '
+            "because the two agents will fight over the same ports.</p></div>\n\nThe expected load is "
+            "$L = \\lambda \\cdot W$, where $\\lambda$ is the arrival rate and $W$ the mean time in the system.\n")
+    out = exact.compress(text, 0.4).text
+    for markup in ("## ", "\n1. ", "\n2. ", "[", "](https://docs.example.com/agent/install)",
+                   '<div class="warning"><p>', "</p></div>", "$L = \\lambda \\cdot W$", "$\\lambda$", "$W$"):
+        assert markup in out, markup
+    assert not out.startswith("## Installing the agent on a new server\n")  # the heading's words are prose
+    assert len(out) < 0.8 * len(text)
+
+
 def test_an_english_model_keeps_chinese_and_thai_whole(tmp_path, exact):
     # thrifty's own manifests say English: its tokenizer makes each CJK character a word, and dropping
     # some of them would break the words they spell, so text in scripts without spaces passes through

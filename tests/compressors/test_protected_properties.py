@@ -125,3 +125,19 @@ def test_data_and_configuration_written_without_a_fence_are_found():
              "table.\n\nNote: the office is closed on Friday.\nRed, green, blue and white are the colours. "
              "Pick one | or two.\n")
     assert protected_spans(prose) == []
+
+
+def test_markup_is_found():
+    text = ("## Installing the agent\n\n1. Download the package.\n2) Verify it.\nSee the [install guide](https://x.org/a "
+            '"Guide") and ![a diagram](img/arch.png).\n<div class="warning"><p>Do not mix clusters.</p></div>\n'
+            "<!-- reviewed -->\nThe load is $L = \\lambda W$, or $$\\sum_i x_i$$, \\(a^2\\), \\[b^2\\] and "
+            "\\begin{equation}E = mc^2\\end{equation}.")
+    found = [text[s:e] for s, e in protected_spans(text)]
+    for item in ("##", "1.", "2)", "[", '](https://x.org/a "Guide")', "![", "](img/arch.png)",
+                 '<div class="warning"><p>', "</p></div>", "<!-- reviewed -->", "$L = \\lambda W$", "$$\\sum_i x_i$$", "\\(a^2\\)",
+                 "\\[b^2\\]", "\\begin{equation}E = mc^2\\end{equation}"):
+        assert item in found, item
+    assert "install" not in " ".join(found) and "diagram" not in " ".join(found)  # a link's text is prose
+    # money, comparisons, hashtags and numbers inside a line are none of these
+    prose = "It costs $5 and $10, or $ 7 with tax; if a < b and c > d, tag it #release for chapter 1. Then go."
+    assert [prose[s:e] for s, e in protected_spans(prose)] == ["$5", "$10", "7", "1"]

@@ -17,6 +17,11 @@ character ranges. What is protected by default (``defaults=True``):
   (three or more fields, no spaces) and SQL statements in upper-case keywords
   (``SELECT ... FROM``, ``INSERT INTO``..., to the semicolon or the end of
   the paragraph);
+* markup: Markdown heading and ordered-list markers, the brackets and targets
+  of links and images (their text is prose); HTML
+  and XML tags and comments; TeX mathematics (``$...$`` as Pandoc reads it,
+  so that "$5 and $10" stays money, ``$$...$$``, ``\\(...\\)``,
+  ``\\[...\\]``, ``\\begin{...}...\\end{...}``);
 * JSON objects and arrays (anything :func:`json.JSONDecoder.raw_decode` accepts
   that starts with ``{`` or ``[``);
 * URLs (``scheme://...`` and ``www....``) and e-mail addresses;
@@ -104,6 +109,17 @@ _DEFAULT_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
      r"(?:CREATE|ALTER|DROP) (?:TABLE|(?:UNIQUE )?INDEX|VIEW|SCHEMA|DATABASE) (?:IF (?:NOT )?EXISTS )?[\w\"`])"
      r"(?:(?!\b(?:the|is|are|was|an|which|that|can|will|must|be|it|its|this|you)\b)[^;])*?(?:;|(?=\n[ \t]*\n)|\Z)",
      ("SELECT", "INSERT INTO", "UPDATE", "DELETE FROM", "WITH", "CREATE", "ALTER", "DROP")),
+    # Markdown's markup where a dropped piece changes what it says: heading and ordered-list markers
+    # ("## " became "# "), and the brackets and target of a link or image ("[guide](https://...)"), whose
+    # text is prose
+    (r"(?m)^[ \t]{0,3}(?:#{1,6}(?=[ \t])|\d{1,3}[.)](?=[ \t]))", ("#", ".", ")")),
+    (r"!?\[(?=[^\[\]\n]{1,200}\]\()|\]\([^()\s]{1,500}(?:[ \t]+\"[^\"\n]{0,200}\")?\)", ("](",)),
+    # HTML and XML tags (the text between them is prose) and comments
+    (r"</?[A-Za-z][\w:.\-]*(?:[ \t\n][^<>]{0,300})?/?>|<!--.*?-->", ("<",)),
+    # mathematics: TeX's $$...$$, \[...\], \(...\) and environments, and $...$ as Pandoc reads it (no space
+    # inside either dollar, no digit after the closing one: "$5 and $10" is money)
+    (r"(?s)\$\$.{1,2000}?\$\$|\\\[.{1,2000}?\\\]|\\\(.{1,500}?\\\)|\\begin\{(\w+\*?)\}.{0,5000}?\\end\{\1\}"
+     r"|(?<![\w$])\$(?=\S)[^$\n]{1,300}?(?<=\S)\$(?![\d$])", ("$", "\\(", "\\[", "\\begin{")),
     # shell command lines ("$ kubectl get pods -n prod")
     (r"(?m)^[ \t]*\$ [^\n]+", ("$ ",)),
     # URLs and e-mail addresses
