@@ -113,13 +113,15 @@ _DEFAULT_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # ("## " became "# "), and the brackets and target of a link or image ("[guide](https://...)"), whose
     # text is prose
     (r"(?m)^[ \t]{0,3}(?:#{1,6}(?=[ \t])|\d{1,3}[.)](?=[ \t]))", ("#", ".", ")")),
-    (r"!?\[(?=[^\[\]\n]{1,200}\]\()|\]\([^()\s]{1,500}(?:[ \t]+\"[^\"\n]{0,200}\")?\)", ("](",)),
+    (r"\[(?=[^\[\]\n]{1,200}\]\()|\]\([^()\s]{1,500}(?:[ \t]+\"[^\"\n]{0,200}\")?\)", ("](",)),
+    (r"!(?=\[[^\[\]\n]{1,200}\]\()", ("![",)),
     # HTML and XML tags (the text between them is prose) and comments
     (r"</?[A-Za-z][\w:.\-]*(?:[ \t\n][^<>]{0,300})?/?>|<!--.*?-->", ("<",)),
     # mathematics: TeX's $$...$$, \[...\], \(...\) and environments, and $...$ as Pandoc reads it (no space
     # inside either dollar, no digit after the closing one: "$5 and $10" is money)
-    (r"(?s)\$\$.{1,2000}?\$\$|\\\[.{1,2000}?\\\]|\\\(.{1,500}?\\\)|\\begin\{(\w+\*?)\}.{0,5000}?\\end\{\1\}"
-     r"|(?<![\w$])\$(?=\S)[^$\n]{1,300}?(?<=\S)\$(?![\d$])", ("$", "\\(", "\\[", "\\begin{")),
+    (r"(?s)\$\$.{1,2000}?\$\$|\\\[.{1,2000}?\\\]|\\\(.{1,500}?\\\)|\\begin\{(\w+\*?)\}.{0,5000}?\\end\{\1\}",
+     ("$$", "\\(", "\\[", "\\begin{")),
+    (r"\$(?<![\w$]\$)(?=\S)[^$\n]{1,300}?(?<=\S)\$(?![\d$])", ("$",)),
     # shell command lines ("$ kubectl get pods -n prod")
     (r"(?m)^[ \t]*\$ [^\n]+", ("$ ",)),
     # URLs and e-mail addresses
