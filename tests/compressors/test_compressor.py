@@ -205,6 +205,26 @@ def test_markup_keeps_its_meaning(exact):
     assert len(out) < 0.8 * len(text)
 
 
+def test_a_transcript_keeps_its_speakers(exact):
+    # at rate 0.4 the last two turns lost their speakers ("Agreed write send vendor", "Thursday")
+    turns = [("Alice", "Thanks for joining, everyone. The main item today is the database migration, which slipped "
+                       "by two weeks because the vendor delivered the new hardware late."),
+             ("Bob", "Right, and the storage team still needs to run their acceptance tests before we can move any "
+                     "production data onto it."),
+             ("Alice", "How long will those tests take, and can we run them in parallel with the schema changes?"),
+             ("[00:14:05] Carol", "They take about four days, but only if the schema changes do not touch the "
+                                  "partitioned tables."),
+             ("Alice", "Agreed. Carol, can you write that up and send it to the vendor by Friday?"),
+             ("Dr. Chen", "Yes, I will send it on Thursday so that they have time to respond.")]
+    text = "".join(f"{who}: {said}\n" for who, said in turns)
+    out = exact.compress(text, 0.4).text
+    lines = out.splitlines()
+    assert len(lines) == len(turns)
+    for line, (who, _) in zip(lines, turns, strict=True):
+        assert line.startswith(f"{who}:"), line
+    assert len(out) < 0.7 * len(text)
+
+
 def test_an_english_model_keeps_chinese_and_thai_whole(tmp_path, exact):
     # thrifty's own manifests say English: its tokenizer makes each CJK character a word, and dropping
     # some of them would break the words they spell, so text in scripts without spaces passes through

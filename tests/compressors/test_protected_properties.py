@@ -117,14 +117,14 @@ def test_data_and_configuration_written_without_a_fence_are_found():
     found = [text[s:e] for s, e in protected_spans(text)]
     for item in (table, yaml, ini.split("\n", 1)[1], env, csv, sql):
         assert item in found, item
-    # prose is not: a transcript's turns, a bullet list, prose about SQL, one labelled line, a sentence of
-    # commas, a lone pipe
+    # prose is not (but for its speakers' labels): a transcript's turns, a bullet list, prose about SQL, one
+    # labelled line, a sentence of commas, a lone pipe
     prose = ("Customer: I cannot log in to my account since this morning.\nAgent: Have you tried resetting your "
              "password?\nCustomer: Yes, twice, and it still fails.\n\n- open the settings page\n- choose the "
              "account tab\n- press reset\n\nCREATE INDEX constructs an index on the specified column of a "
              "table.\n\nNote: the office is closed on Friday.\nRed, green, blue and white are the colours. "
              "Pick one | or two.\n")
-    assert protected_spans(prose) == []
+    assert [prose[s:e] for s, e in protected_spans(prose)] == ["Customer:", "Agent:", "Customer:", "Note:"]
 
 
 def test_markup_is_found():
@@ -138,6 +138,9 @@ def test_markup_is_found():
                  "\\[b^2\\]", "\\begin{equation}E = mc^2\\end{equation}"):
         assert item in found, item
     assert "install" not in " ".join(found) and "diagram" not in " ".join(found)  # a link's text is prose
+    # a speaker's label starts a line with a capital; a phrase before a colon does not
+    labels = "[00:12:05] Dr. Chen: hello\nSPEAKER 2: yes\nQ: why?\nA: because.\nThe plan: we go.\n"
+    assert [labels[s:e] for s, e in protected_spans(labels)] == ["[00:12:05] Dr. Chen:", "SPEAKER 2:", "Q:", "A:"]
     # money, comparisons, hashtags and numbers inside a line are none of these
     prose = "It costs $5 and $10, or $ 7 with tax; if a < b and c > d, tag it #release for chapter 1. Then go."
     assert [prose[s:e] for s, e in protected_spans(prose)] == ["$5", "$10", "7", "1"]

@@ -17,6 +17,8 @@ character ranges. What is protected by default (``defaults=True``):
   (three or more fields, no spaces) and SQL statements in upper-case keywords
   (``SELECT ... FROM``, ``INSERT INTO``..., to the semicolon or the end of
   the paragraph);
+* speakers' labels at the start of a line (``Alice:``, ``[00:12] Dr. Chen:``),
+  so that a transcript keeps who said what;
 * markup: Markdown heading and ordered-list markers, the brackets and targets
   of links and images (their text is prose); HTML
   and XML tags and comments; TeX mathematics (``$...$`` as Pandoc reads it,
@@ -122,6 +124,9 @@ _DEFAULT_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"(?s)\$\$.{1,2000}?\$\$|\\\[.{1,2000}?\\\]|\\\(.{1,500}?\\\)|\\begin\{(\w+\*?)\}.{0,5000}?\\end\{\1\}",
      ("$$", "\\(", "\\[", "\\begin{")),
     (r"\$(?<![\w$]\$)(?=\S)[^$\n]{1,300}?(?<=\S)\$(?![\d$])", ("$",)),
+    # who says what: a speaker's label at the start of a line ("Alice:", "Dr. Chen:", "SPEAKER 2:", "Q:"), after
+    # a bracketed time if there is one; without it, a transcript's turns run together
+    (r"(?m)^[ \t]*(?:\[[^\]\n]{1,20}\][ \t]*)?[A-Z][\w.'\-]*(?:[ \t][A-Z0-9][\w.'\-]*){0,2}:(?=[ \t])", (":",)),
     # shell command lines ("$ kubectl get pods -n prod")
     (r"(?m)^[ \t]*\$ [^\n]+", ("$ ",)),
     # URLs and e-mail addresses
