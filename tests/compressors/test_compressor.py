@@ -225,6 +225,20 @@ def test_a_transcript_keeps_its_speakers(exact):
     assert len(out) < 0.7 * len(text)
 
 
+def test_numbers_keep_their_units_and_quotes_their_markers(exact):
+    # "rose from 20 ms to 300 ms" became "rose from 20 300"; "> > Tom replied" lost its quotation markers
+    text = ("After the upgrade, the median latency of the checkout service rose from 20 ms to 300 ms, and the memory "
+            "of each worker grew from 512 MB to 3 GB within an hour. The database handled 1,200 queries per second "
+            "at peak, while the disk of the primary filled at about 40 GB per day. The team rolled back after 45 "
+            "minutes, when the error rate passed 2 percent.\n\n> Maria wrote: I think we should roll back now.\n"
+            "> > Tom replied: Let us wait ten more minutes and see whether the cache warms up.\n")
+    out = exact.compress(text, 0.4).text
+    for kept in ("20 ms", "300 ms", "512 MB", "3 GB", "1,200 queries per second", "40 GB per day", "45 minutes",
+                 "2 percent", "\n> ", "\n> > "):
+        assert kept in out, kept
+    assert len(out) < 0.75 * len(text)
+
+
 def test_an_english_model_keeps_chinese_and_thai_whole(tmp_path, exact):
     # thrifty's own manifests say English: its tokenizer makes each CJK character a word, and dropping
     # some of them would break the words they spell, so text in scripts without spaces passes through

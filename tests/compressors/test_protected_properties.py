@@ -35,6 +35,9 @@ PROTECTED = st.one_of(
     st.from_regex(r"-[a-zA-Z]|--[a-z]{2,8}(-[a-z]{2,8}){0,2}(=[A-Z]{3,5})?", fullmatch=True),
     st.from_regex(r"(~|\.|\.\.)?/[a-z]{1,6}(/[a-z_.]{0,6}[a-z]){0,3}|[a-z]{1,6}(/[a-z]{1,6}){1,2}\.py",
                   fullmatch=True),
+    # a number with its unit
+    st.from_regex(r"[1-9][0-9]{0,3}(\.[0-9])? ?(ms|GB|MB|kWh|°C|percent|minutes|USD)( per (day|user|second))?",
+                  fullmatch=True),
     # a stack frame and a shell command line, each on a line of its own
     st.from_regex(r"\n\tat [a-z]{1,6}\.[A-Z][a-z]{1,6}\.[a-z]{1,6}\([A-Z][a-z]{1,6}\.java:[1-9][0-9]{0,3}\)\n",
                   fullmatch=True),
@@ -144,3 +147,14 @@ def test_markup_is_found():
     # money, comparisons, hashtags and numbers inside a line are none of these
     prose = "It costs $5 and $10, or $ 7 with tax; if a < b and c > d, tag it #release for chapter 1. Then go."
     assert [prose[s:e] for s, e in protected_spans(prose)] == ["$5", "$10", "7", "1"]
+
+
+def test_numbers_keep_their_units():
+    text = ("Latency rose from 20 ms to 300 ms, memory from 512 MB to 3 GB, disk at 40 GB per day, 1,200 queries "
+            "per second, 1,200 requests/s, 3 GB/day, 2 percent, 45 minutes, 40°C, 1,800 USD, 3.5 kWh and 10 K users.")
+    found = [text[s:e] for s, e in protected_spans(text)]
+    assert found == ["20 ms", "300 ms", "512 MB", "3 GB", "40 GB per day", "1,200 queries per second",
+                     "1,200 requests/s", "3 GB/day", "2 percent", "45 minutes", "40°C", "1,800 USD", "3.5 kWh", "10 K"]
+    # English words that are also units are not taken ("in" for inches, "at"), nor a word not followed by a rate
+    prose = "I keep 5 in the box and 3 at home, 3 apples per person and page 3 of 10."
+    assert [prose[s:e] for s, e in protected_spans(prose)] == ["5", "3", "3", "3", "10"]

@@ -19,7 +19,7 @@ character ranges. What is protected by default (``defaults=True``):
   the paragraph);
 * speakers' labels at the start of a line (``Alice:``, ``[00:12] Dr. Chen:``),
   so that a transcript keeps who said what;
-* markup: Markdown heading and ordered-list markers, the brackets and targets
+* markup: Markdown heading, ordered-list and quotation markers, the brackets and targets
   of links and images (their text is prose); HTML
   and XML tags and comments; TeX mathematics (``$...$`` as Pandoc reads it,
   so that "$5 and $10" stays money, ``$$...$$``, ``\\(...\\)``,
@@ -28,8 +28,9 @@ character ranges. What is protected by default (``defaults=True``):
   that starts with ``{`` or ``[``);
 * URLs (``scheme://...`` and ``www....``) and e-mail addresses;
 * numbers (with signs, separators, decimals, exponents, percent and currency
-  signs), dates and times (ISO 8601, ``12/31/2024``, ``31.12.2024``, ``10:30 pm``,
-  ``March 3, 2024``, ``3 March 2024``);
+  signs, and their units: ``300 ms``, ``3 GB per day``, ``2 percent``,
+  ``1,200 queries per second``), dates and times (ISO 8601, ``12/31/2024``,
+  ``31.12.2024``, ``10:30 pm``, ``March 3, 2024``, ``3 March 2024``);
 * identifiers: UUIDs, hex strings, words that mix letters and digits
   (``ABC-1234``, ``gpt-4o``, ``v1.2.3``, ``user_42``), names joined by dots,
   ``::`` or underscores (``menu.h``, ``os.path.join``, ``example.com``,
@@ -76,6 +77,25 @@ _SHORT_VALUE = r"\S{1,60}(?:[ \t]+\S{1,60}){0,3}"
 #: out the turns of a transcript ("Agent: Have you tried resetting your password?") and prefixed log lines.
 _KEY_LINE = (r"[ \t]*(?:- )?[A-Za-z_][\w.\-]*(?::(?:[ \t]+" + _SHORT_VALUE + r")?|[ \t]*=[ \t]*(?:" + _SHORT_VALUE
              + r")?)[ \t]*(?=\n|\Z)")
+#: Units a number is written with, which compression must not part from it ("rose from 20 ms to 300 ms" became
+#: "rose from 20 300"): time, data, rates, scales, shares, lengths, masses, volumes, temperatures, power,
+#: currencies. Case matters ("MB", "mb" and "Mb" are listed each); English words that are also units ("in",
+#: "A", "at") are left out.
+_UNITS = "|".join(sorted((
+    "ns µs us ms s sec secs second seconds min mins minute minutes h hr hrs hour hours day days week weeks month "
+    "months year years yr yrs "
+    "bit bits byte bytes B kB KB KiB MB MiB GB GiB TB TiB PB kb Kb Mb Gb Tb mb gb tb bps kbps Kbps Mbps Gbps "
+    "Hz kHz MHz GHz rps qps rpm fps tps "
+    "k K M bn mn million millions billion billions trillion thousand "
+    "percent pct pp bp "
+    "nm mm cm m km ft mi mile miles meter meters metre metres mg g kg lb lbs oz ton tons tonne tonnes ml mL l L "
+    "liter liters litre litres gallon gallons °C °F ° degree degrees "
+    "W kW MW GW kWh MWh GWh V kV mV mA mAh "
+    "USD EUR GBP JPY CHF CAD AUD CNY INR dollar dollars euro euros pound pounds cent cents yen "
+    "token tokens").split(), key=lambda unit: (-len(unit), unit)))
+_PER_SEP = r"(?:[ \t]?/[ \t]?|[ \t]per[ \t])"
+#: What a rate is per, besides the units ("3 GB per day", "1,200 requests/s" keeps the "/s").
+_PER = "request|requests|user|users|call|calls|query|queries|token|node|core|GPU|CPU|head|person|capita"
 #: The lines of a diff's hunks after its first: context, added, removed, "\ No newline" and further hunks.
 _HUNK_LINES = r"(?:\n(?:[ +\-\\@][^\n]*|(?=\n[ +\-\\@])))*"
 
@@ -111,10 +131,10 @@ _DEFAULT_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
      r"(?:CREATE|ALTER|DROP) (?:TABLE|(?:UNIQUE )?INDEX|VIEW|SCHEMA|DATABASE) (?:IF (?:NOT )?EXISTS )?[\w\"`])"
      r"(?:(?!\b(?:the|is|are|was|an|which|that|can|will|must|be|it|its|this|you)\b)[^;])*?(?:;|(?=\n[ \t]*\n)|\Z)",
      ("SELECT", "INSERT INTO", "UPDATE", "DELETE FROM", "WITH", "CREATE", "ALTER", "DROP")),
-    # Markdown's markup where a dropped piece changes what it says: heading and ordered-list markers
-    # ("## " became "# "), and the brackets and target of a link or image ("[guide](https://...)"), whose
-    # text is prose
-    (r"(?m)^[ \t]{0,3}(?:#{1,6}(?=[ \t])|\d{1,3}[.)](?=[ \t]))", ("#", ".", ")")),
+    # Markdown's markup where a dropped piece changes what it says: heading, ordered-list and quotation
+    # markers ("## " became "# "; "> > " says who wrote a line of an e-mail), and the brackets and target of a
+    # link or image ("[guide](https://...)"), whose text is prose
+    (r"(?m)^[ \t]{0,3}(?:#{1,6}(?=[ \t])|\d{1,3}[.)](?=[ \t])|>(?:[ \t]?>)*)", ("#", ".", ")", ">")),
     (r"\[(?=[^\[\]\n]{1,200}\]\()|\]\([^()\s]{1,500}(?:[ \t]+\"[^\"\n]{0,200}\")?\)", ("](",)),
     (r"!(?=\[[^\[\]\n]{1,200}\]\()", ("![",)),
     # HTML and XML tags (the text between them is prose) and comments
@@ -144,8 +164,11 @@ _DEFAULT_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"(?<![\w\-./#])(?=[\w\-./#:]*\d)(?=[\w\-./#:]*[^\W\d_])\w(?:[\w\-./#:]*\w)?", ()),
     # Windows paths ("C:\\Users\\bo"); other paths, options and joined names: _joined_spans
     (r"\b[A-Za-z]:\\(?:[\w.\-\\]*[\w\\])?", (":\\",)),
-    # numbers, with currency and percent signs
-    (r"[$€£¥₹]?[-+]?(?<![\w.])\d(?:[\d,._']*\d)?(?:[eE][-+]?\d+)?%?", ()),
+    # numbers, with currency and percent signs and their units ("300 ms", "3 GB per day", "2 percent",
+    # "1,200 queries per second")
+    (r"[$€£¥₹]?[-+]?(?<![\w.])\d(?:[\d,._']*\d)?(?:[eE][-+]?\d+)?(?:%|[ \t\u00a0]?(?:" + _UNITS + r")(?![\w%])"
+     r"(?:" + _PER_SEP + r"(?:" + _UNITS + "|" + _PER + r")(?!\w))?|[ \t][^\W\d_]+" + _PER_SEP + r"(?:" + _UNITS
+     + r")(?!\w))?", ()),
     # quoted strings on one line
     (r"\"[^\"\n]{1,300}\"", ('"',)),
     (r"(?<!\w)'[^'\n]{1,300}'(?!\w)", ("'",)),
