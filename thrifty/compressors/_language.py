@@ -29,9 +29,8 @@ is five pieces to an English vocabulary), which tells the short paragraphs
 of those languages, and of Dutch, Danish or Afrikaans where their lists
 share words with English's. A shorter paragraph, or one that no rule
 decides (lists of names, identifiers, headings), is left undecided and
-compressed as before: a wrong
-"foreign" only costs the saving on that paragraph, a wrong "undecided" is
-what happened before. Of 9,739 English paragraphs (the training corpus's
+compressed as before: a wrong "foreign" only costs the saving on that
+paragraph, a wrong "undecided" is what happened before. Of 9,739 English paragraphs (the training corpus's
 held-out and training passages and the evaluation set:
 ``bench/compression.py languages``), five are kept whole: a "lorem ipsum"
 (which is Latin), two lists of Tk option names and, twice, a terse paragraph

@@ -71,6 +71,7 @@ _MONTHS = (
 KEEP_REGION = r"<keep>.*?</keep>"
 
 _DIGIT = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
+#: A short value: one to four words.
 _SHORT_VALUE = r"\S{1,60}(?:[ \t]+\S{1,60}){0,3}"
 #: A line of configuration or of a record: a key (a word, perhaps dotted or dashed, perhaps a list item's) and
 #: a value of at most four words after ": " or "=", or none after ":" (a YAML mapping's key). Four words keep
@@ -93,6 +94,7 @@ _UNITS = "|".join(sorted((
     "W kW MW GW kWh MWh GWh V kV mV mA mAh "
     "USD EUR GBP JPY CHF CAD AUD CNY INR dollar dollars euro euros pound pounds cent cents yen "
     "token tokens").split(), key=lambda unit: (-len(unit), unit)))
+#: Between a rate's quantity and what it is per: "/" or " per ".
 _PER_SEP = r"(?:[ \t]?/[ \t]?|[ \t]per[ \t])"
 #: What a rate is per, besides the units ("3 GB per day", "1,200 requests/s" keeps the "/s").
 _PER = "request|requests|user|users|call|calls|query|queries|token|node|core|GPU|CPU|head|person|capita"
