@@ -239,6 +239,24 @@ def test_numbers_keep_their_units_and_quotes_their_markers(exact):
     assert len(out) < 0.75 * len(text)
 
 
+def test_negations_check_boxes_and_citations_survive(exact):
+    # at half the tokens "Do not restart the primary database" became "restart primary database" and "the team
+    # did not apply the patch" "apply patch": the opposite of what was said
+    text = ("Do not restart the primary database during the migration, and never run the cleanup job before the "
+            "backup has finished. The replica is not ready for traffic yet, so the load balancer must not send any "
+            "requests to it. No one should change the firewall rules without approval from the security team, and "
+            "the old servers cannot be shut down until the end of the month. According to the audit [3], the team "
+            "didn't apply the patch, while [12] says it was applied.\n\n- [x] back up the primary\n"
+            "- [ ] drain the replica\n- [ ] update the firewall rules\n")
+    negations = re.compile(r"(?i)\b(?:not|no|never|without|cannot|didn't)\b")
+    for rate in (0.5, 0.33):
+        out = exact.compress(text, rate).text
+        assert negations.findall(out) == negations.findall(text)
+        assert "[3]" in out and "[12]" in out
+        assert out.count("\n- [x]") == 1 and out.count("\n- [ ]") == 2
+        assert len(out) < 0.75 * len(text)
+
+
 def test_an_english_model_keeps_chinese_and_thai_whole(tmp_path, exact):
     # thrifty's own manifests say English: its tokenizer makes each CJK character a word, and dropping
     # some of them would break the words they spell, so text in scripts without spaces passes through

@@ -158,3 +158,13 @@ def test_numbers_keep_their_units():
     # English words that are also units are not taken ("in" for inches, "at"), nor a word not followed by a rate
     prose = "I keep 5 in the box and 3 at home, 3 apples per person and page 3 of 10."
     assert [prose[s:e] for s, e in protected_spans(prose)] == ["5", "3", "3", "3", "10"]
+
+
+def test_negations_check_boxes_and_citations_are_found():
+    text = ("Nothing here isn't tested, and we never ship without review; don’t. None, NOT and Nobody too.\n"
+            "- [x] done\n* [ ] open\nAs [3] and [2, 5] say, but not [a].")
+    found = [text[s:e] for s, e in protected_spans(text)]
+    assert found == ["Nothing", "isn't", "never", "without", "don’t", "None", "NOT", "Nobody", "- [x]", "* [ ]",
+                     "[3]", "[2, 5]", "not"]
+    # words that merely contain them are not
+    assert protected_spans("I know now that Notably nonetheless the noted nonce is knotted.") == []

@@ -17,6 +17,9 @@ character ranges. What is protected by default (``defaults=True``):
   (three or more fields, no spaces) and SQL statements in upper-case keywords
   (``SELECT ... FROM``, ``INSERT INTO``..., to the semicolon or the end of
   the paragraph);
+* negations (``not``, ``no``, ``never``, ``without``, ``don't``...), whose loss
+  turns a sentence into its opposite; a task list's check boxes; numbered
+  citations (``[3]``);
 * speakers' labels at the start of a line (``Alice:``, ``[00:12] Dr. Chen:``),
   so that a transcript keeps who said what;
 * markup: Markdown heading, ordered-list and quotation markers, the brackets and targets
@@ -146,6 +149,14 @@ _DEFAULT_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"(?s)\$\$.{1,2000}?\$\$|\\\[.{1,2000}?\\\]|\\\(.{1,500}?\\\)|\\begin\{(\w+\*?)\}.{0,5000}?\\end\{\1\}",
      ("$$", "\\(", "\\[", "\\begin{")),
     (r"\$(?<![\w$]\$)(?=\S)[^$\n]{1,300}?(?<=\S)\$(?![\d$])", ("$",)),
+    # negations, which turn what a sentence says into its opposite ("Do not restart the primary" became
+    # "restart primary"): "not", "no", "never", "nor", "neither", "none", "nothing", "nobody", "cannot",
+    # "without" and the "n't" of "don't", "isn't"...
+    (r"(?i)\b(?:not|no|never|nor|neither|none|nothing|nobody|nowhere|cannot|without|\w+n['’]t)\b",
+     ("no", "No", "NO", "ne", "Ne", "NE", "ithout", "ITHOUT", "n't", "n’t", "N'T", "N’T")),
+    # a task list's check boxes ("- [x]" is done, "- [ ]" is not) and numbered citations ("[3]", "[2, 5]")
+    (r"(?m)^[ \t]*[-*+][ \t]+\[[ xX]\]", ("[ ]", "[x]", "[X]")),
+    (r"\[\d{1,3}(?:[,–\-][ \t]?\d{1,3})*\]", ("[",)),
     # who says what: a speaker's label at the start of a line ("Alice:", "Dr. Chen:", "SPEAKER 2:", "Q:"), after
     # a bracketed time if there is one; without it, a transcript's turns run together
     (r"(?m)^[ \t]*(?:\[[^\]\n]{1,20}\][ \t]*)?[A-Z][\w.'\-]*(?:[ \t][A-Z0-9][\w.'\-]*){0,2}:(?=[ \t])", (":",)),
