@@ -40,8 +40,8 @@ _SKIPPED = {"empty": "no text", "rate": "rate 1", "short": "too short to compres
               help="The question the text is context for: the sentences relevant to it are kept.")
 @click.option("--no-default-protection", is_flag=True,
               help="Do not protect code, JSON, URLs, numbers, IDs, names, paths, options, stack traces, "
-                   "diffs, tables, configuration, CSV, SQL, markup, mathematics, speakers, dates, e-mails and "
-                   "quotes.")
+                   "diffs, tables, configuration, CSV, SQL, markup, mathematics, speakers, negations, "
+                   "citations, dates, e-mails and quotes.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True), default="-",
               show_default=True, help="Where to write the compressed text.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary line on stderr.")
@@ -54,8 +54,9 @@ def compress(file: str, rate: float, mode: str, model: str | None, precision: st
     Malformed UTF-8 bytes pass through unchanged. Protected spans (code, JSON,
     URLs, numbers, IDs, file names and paths, dotted and snake_case names,
     command-line options, stack traces, diffs, shell command lines, tables,
-    configuration, CSV, SQL, markup and mathematics, speakers' labels, dates,
-    e-mail addresses, quoted strings, <keep>...</keep>) are kept byte-for-byte.
+    configuration, CSV, SQL, markup and mathematics, speakers' labels,
+    negations, citations, dates, e-mail addresses, quoted strings,
+    <keep>...</keep>) are kept byte-for-byte.
     """
     import re
 
