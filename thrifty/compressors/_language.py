@@ -17,33 +17,33 @@ languages) covers at least :data:`MIN_SHARE` of its words and :data:`MARGIN`
 times the share the model's own languages' lists cover; or, for a model of
 languages written in a-z alone (:data:`UNMARKED`: English), when at least
 :data:`MARKED_SHARE` of its words carry a letter beyond a-z and few are the
-model's stop words (:data:`MARKED_OWN`) (Vietnamese,
-Azerbaijani, Icelandic, Slovak..., whose stop words an English vocabulary
-reads as English ones once their accents are stripped: Vietnamese "thể",
-"cần" are "the", "can"); or, for a language without a list here and without
-such letters (Hausa, Shona...), when it has at least :data:`SPARSE_WORDS`
-words and the model's own lists cover less than :data:`SPARSE_SHARE` of
-them; or when the model's vocabulary holds few of its longer words whole
-and its own lists cover few of its words (:data:`KNOWN_SHARE`: "vercijferd"
-is five pieces to an English vocabulary), which tells the short paragraphs
-of those languages, and of Dutch, Danish or Afrikaans where their lists
-share words with English's. A shorter paragraph, or one that no rule
-decides (lists of names, identifiers, headings), is left undecided and
-compressed as before: a wrong "foreign" only costs the saving on that
-paragraph, a wrong "undecided" is what happened before. Of 9,739 English paragraphs (the training corpus's
-held-out and training passages and the evaluation set:
-``bench/compression.py languages``), five are kept whole: a "lorem ipsum"
-(which is Latin), two lists of Tk option names and, twice, a terse paragraph
-of technical English ("WebSocket translation sessions accept base64-encoded
-24 kHz PCM16 mono little-endian raw audio bytes..."), all by the sparse
-rule; none by its letters, none by another language's list (a citation,
-"Kautsky et al. ... https://la.epfl.ch/...", came closest, Italian's list
-covering twice English's). A paragraph of German, Spanish or Dutch news
-prose has a third of its words on its own list and almost none on
+model's stop words (:data:`MARKED_OWN`) (Vietnamese, Azerbaijani, Icelandic,
+Slovak..., whose stop words an English vocabulary reads as English ones once
+their accents are stripped: Vietnamese "thể", "cần" are "the", "can"); or,
+for a language without a list here and without such letters (Hausa,
+Shona...), when it has at least :data:`SPARSE_WORDS` words and the model's
+own lists cover less than :data:`SPARSE_SHARE` of them; or when the model's
+vocabulary holds few of its longer words whole and its own lists cover few
+of its words (:data:`KNOWN_SHARE`: "vercijferd" is five pieces to an English
+vocabulary), which tells the short paragraphs of those languages, and of
+Dutch, Danish or Afrikaans where their lists share words with English's. A
+shorter paragraph, or one that no rule decides (lists of names, identifiers,
+headings), is left undecided and compressed as before: a wrong "foreign"
+only costs the saving on that paragraph, a wrong "undecided" is what
+happened before. Of 9,739 English paragraphs (the training corpus's held-out
+and training passages and the evaluation set: ``bench/compression.py
+languages``), five are kept whole: a "lorem ipsum" (which is Latin), two
+lists of Tk option names and, twice, a terse paragraph of technical English
+("WebSocket translation sessions accept base64-encoded 24 kHz PCM16 mono
+little-endian raw audio bytes..."), all by the sparse rule (the Latin also
+by the vocabulary); none by its letters, none by another language's list (a
+citation, "Kautsky et al. ... https://la.epfl.ch/...", came closest,
+Italian's list covering twice English's). A paragraph of German, Spanish or
+Dutch news prose has a third of its words on its own list and almost none on
 English's. The same bench reads the machine's gettext catalogs and man
 pages: of their translations it keeps 91.6% (94 languages) and 89.1% (24
-languages) whole, and the English it takes for another language (83 of
-5,908 help texts, 1,139 of 20,000 man-page paragraphs) is nearly all usage
+languages) whole, and the English it takes for another language (83 of 5,908
+help texts, 1,139 of 20,000 man-page paragraphs) is nearly all usage
 synopses, option tables and code.
 
 It decides only for models whose languages are all in :data:`STOP_WORDS`;
