@@ -120,14 +120,14 @@ def test_data_and_configuration_written_without_a_fence_are_found():
     found = [text[s:e] for s, e in protected_spans(text)]
     for item in (table, yaml, ini.split("\n", 1)[1], env, csv, sql):
         assert item in found, item
-    # prose is not (but for its speakers' labels): a transcript's turns, a bullet list, prose about SQL, one
-    # labelled line, a sentence of commas, a lone pipe
+    # prose is not (but for its speakers' labels and a negation): a transcript's turns, a bullet list, prose
+    # about SQL, one labelled line, a sentence of commas, a lone pipe
     prose = ("Customer: I cannot log in to my account since this morning.\nAgent: Have you tried resetting your "
              "password?\nCustomer: Yes, twice, and it still fails.\n\n- open the settings page\n- choose the "
              "account tab\n- press reset\n\nCREATE INDEX constructs an index on the specified column of a "
              "table.\n\nNote: the office is closed on Friday.\nRed, green, blue and white are the colours. "
              "Pick one | or two.\n")
-    assert [prose[s:e] for s, e in protected_spans(prose)] == ["Customer:", "Agent:", "Customer:", "Note:"]
+    assert [prose[s:e] for s, e in protected_spans(prose)] == ["Customer:", "cannot", "Agent:", "Customer:", "Note:"]
 
 
 def test_markup_is_found():
