@@ -22,11 +22,11 @@ character ranges. What is protected by default (``defaults=True``):
   citations (``[3]``);
 * speakers' labels at the start of a line (``Alice:``, ``[00:12] Dr. Chen:``),
   so that a transcript keeps who said what;
-* markup: Markdown heading, ordered-list and quotation markers, the brackets and targets
-  of links and images (their text is prose); HTML
-  and XML tags and comments; TeX mathematics (``$...$`` as Pandoc reads it,
-  so that "$5 and $10" stays money, ``$$...$$``, ``\\(...\\)``,
-  ``\\[...\\]``, ``\\begin{...}...\\end{...}``);
+* markup: Markdown heading, ordered-list and quotation markers, the brackets
+  and targets of links and images (their text is prose); HTML and XML tags
+  and comments; TeX mathematics (``$...$`` as Pandoc reads it, so that "$5
+  and $10" stays money, ``$$...$$``, ``\\(...\\)``, ``\\[...\\]``,
+  ``\\begin{...}...\\end{...}``);
 * JSON objects and arrays (anything :func:`json.JSONDecoder.raw_decode` accepts
   that starts with ``{`` or ``[``);
 * URLs (``scheme://...`` and ``www....``) and e-mail addresses;
