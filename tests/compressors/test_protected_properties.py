@@ -167,5 +167,7 @@ def test_negations_check_boxes_and_citations_are_found():
     # (a contraction's "n't" alone: the compressor widens a span to its whole word)
     assert found == ["Nothing", "n't", "never", "without", "n’t", "None", "NOT", "Nobody", "- [x]", "* [ ]",
                      "[3]", "[2, 5]", "not"]
-    # words that merely contain them are not
+    # in any case, as written ("nEver", "doN't"); words that merely contain them are not
+    mixed = "we nEver ship; it doN't work"
+    assert [mixed[s:e] for s, e in protected_spans(mixed)] == ["nEver", "N't"]
     assert protected_spans("I know now that Notably nonetheless the noted nonce is knotted.") == []

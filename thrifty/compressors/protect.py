@@ -153,9 +153,9 @@ _DEFAULT_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # "restart primary"): "not", "no", "nor", "none", "nothing", "nobody", "nowhere", "never", "neither",
     # "cannot", "without" (the alternatives factored: a plain list is twice as slow), and the "n't" of
     # "don't", "isn't"..., which the compressor widens to its word
-    (r"(?i)\b(?:n(?:o(?:t|ne|thing|body|where|r)?|e(?:ver|ither))|cannot|without)\b",
-     ("no", "No", "NO", "ne", "Ne", "NE", "ithout", "ITHOUT")),
-    (r"(?i)(?<=\w)n['’]t\b", ("n't", "n’t", "N'T", "N’T")),
+    # (each gated on what every match contains, in either case, as the patterns ignore case)
+    (r"(?i)\b(?:n(?:o(?:t|ne|thing|body|where|r)?|e(?:ver|ither))|cannot|without)\b", ("n", "N")),
+    (r"(?i)(?<=\w)n['’]t\b", ("'", "’")),
     # a task list's check boxes ("- [x]" is done, "- [ ]" is not) and numbered citations ("[3]", "[2, 5]")
     (r"(?m)^[ \t]*[-*+][ \t]+\[[ xX]\]", ("[ ]", "[x]", "[X]")),
     (r"\[\d{1,3}(?:[,–\-][ \t]?\d{1,3})*\]", ("[",)),
