@@ -14,6 +14,7 @@ Commands:
     .venv/bin/python bench/compression.py languages      # English paragraphs taken for another language
     .venv/bin/python bench/compression.py qa-pair        # two runtimes' QA, asked where their outputs differ
     .venv/bin/python bench/compression.py first-call     # the proxy's first compressed call, warmed up or not
+    .venv/bin/python bench/compression.py budget         # target_tokens: its cost, and how well it fills a budget
 
 ``build-eval`` makes the evaluation set from held-out passages of the
 compressor's training corpus (documents that training never saw; the corpus and
@@ -1294,6 +1295,70 @@ def _first_call_child(entry: str, warm: bool, after: float) -> dict[str, Any]:
     return {"seconds": round(seconds, 3), "tokens_saved": answer.headers.get("x-thrifty-tokens-saved")}
 
 
+def budget(args: argparse.Namespace) -> None:
+    """``target_tokens`` against a plain rate: what the bisection adds to one compression of the ~10k-token
+    prompt (the methods taking turns, a fresh text each round), and, over the evaluation set, how often and
+    how closely the budgets of 0.5 and 0.33 of each passage's tokens are met."""
+    import torch
+
+    from thrifty.compressors.base import compress_to_fit
+    from thrifty.ledger.tokens import count_text
+
+    torch.set_num_threads(args.threads)
+    compressor = thrifty_compressor(args.mode)
+    rows = read_set(args.set, args.limit)
+    prompt = speed_prompt(rows)
+    tokens = count_text(prompt, "gpt-4o")
+    shares = (0.5, 0.33, 0.2)
+    tried: list[int] = []
+
+    def fitted(text: str, target: int) -> Any:
+        def at(rate: float) -> Any:
+            tried.append(1)
+            return compressor.compress(text, rate)
+        return compress_to_fit(at, target)
+
+    compressor.compress(prompt[:2000], 0.5)  # warm-up
+    times: dict[str, list[float]] = {"rate 0.5": [], **{f"budget {share:g}": [] for share in shares}}
+    rounds: dict[str, list[int]] = {name: [] for name in times}
+    for i in range(args.repeats):
+        for name in times:
+            variant = f"{prompt}\n\nRun {i}, {name}."  # its own text: no scores from another method's run
+            tried.clear()
+            started = time.perf_counter()
+            if name == "rate 0.5":
+                compressor.compress(variant, 0.5)
+                tried.append(1)
+            else:
+                fitted(variant, int(tokens * float(name.split()[1])))
+            times[name].append(time.perf_counter() - started)
+            rounds[name].append(len(tried))
+    speed = {name: round(min(t) * 1000 / (tokens / 1000), 1) for name, t in times.items()}
+    print(f"{tokens:,}-token prompt, {args.mode} mode in {compressor.precision}, best of {args.repeats} "
+          f"(ms per 1k tokens; compressions run):")
+    for name, ms in speed.items():
+        print(f"  {name:12} {ms:8.1f}   {statistics.median(rounds[name]):.0f}")
+    fit: dict[str, dict[str, float]] = {}
+    for share in (0.5, 0.33):
+        met, fill, rates = 0, [], []
+        for row in rows:
+            before = count_text(row["passage"], "gpt-4o")
+            target = max(1, int(before * share))
+            result = fitted(row["passage"], target)
+            met += not result.over_target
+            fill.append(result.tokens_after / target)
+            rates.append(result.rate)
+        fit[f"{share:g}"] = {"passages": len(rows), "met": met, "mean_fill": round(statistics.mean(fill), 4),
+                             "min_fill": round(min(fill), 4), "mean_rate": round(statistics.mean(rates), 4)}
+        print(f"  budget {share:g} of each of {len(rows)} passages: met {met}, tokens used of the budget "
+              f"{statistics.mean(fill):.1%} on average (least {min(fill):.1%}), mean rate {statistics.mean(rates):.3f}")
+    write_results({"machine": machine(), "mode": args.mode, "precision": compressor.precision,
+                   "prompt_tokens": tokens, "repeats": args.repeats,
+                   "command": f"python bench/compression.py budget --mode {args.mode} --repeats {args.repeats}",
+                   "ms_per_1k": speed, "compressions": {k: statistics.median(v) for k, v in rounds.items()},
+                   "fit": fit}, args.results, "compression_budget.json")
+
+
 def keep_rates(value: str) -> tuple[float, ...]:
     """``--rates``: comma-separated keep rates."""
     return tuple(float(x) for x in value.split(","))
@@ -1380,6 +1445,13 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--per-language", type=int, default=200, help="translated paragraphs sampled per language")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--results", default="", help="the results file (default: compression_languages.json)")
+    u = sub.add_parser("budget", help="target_tokens: what its bisection costs, and how well it fills a budget")
+    u.add_argument("--mode", choices=("exact", "fast", "turbo"), default="fast")
+    u.add_argument("--set", choices=("eval", "dev"), default="eval")
+    u.add_argument("--limit", type=int, default=0)
+    u.add_argument("--repeats", type=int, default=5)
+    u.add_argument("--threads", type=int, default=2)
+    u.add_argument("--results", default="", help="the results file (default: compression_budget.json)")
     r = sub.add_parser("run", help="run the benchmark")
     r.add_argument("--qa-model", default=QA_MODEL, choices=sorted(bench_models.MODELS))
     r.add_argument("--set", choices=("eval", "dev"), default="eval")
@@ -1419,6 +1491,8 @@ def main(argv: list[str] | None = None) -> None:
         qa_pair(args)
     elif args.command == "first-call":
         first_call(args)
+    elif args.command == "budget":
+        budget(args)
     else:
         run(args)
 

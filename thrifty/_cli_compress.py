@@ -12,15 +12,19 @@ from thrifty.settings import CompressionMode, Precision
 
 _PROGRESS_FROM = 4_000  # model tokens; smaller inputs finish before a bar would help
 #: Why a text came back unchanged (``CompressResult.skipped``), for the summary line.
-_SKIPPED = {"empty": "no text", "rate": "rate 1", "short": "too short to compress",
+_SKIPPED = {"empty": "no text", "rate": "rate 1", "fits": "within the budget already",
+            "short": "too short to compress",
             "protected": "nothing in it may be dropped",
             "language": "written in a language the model was not trained on"}
 
 
 @click.command("compress")
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("--rate", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
-              help="Share of the compressible tokens to keep.")
+@click.option("--rate", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Share of the compressible tokens to keep (default 0.5; with --target-tokens, the most to keep).")
+@click.option("--target-tokens", type=click.IntRange(1), default=None, metavar="N",
+              help="Compress only as far as needed to fit in N tokens (gpt-4o's tokenizer): the largest rate, "
+                   "in hundredths, that fits.")
 @click.option("--mode", type=click.Choice(get_args(CompressionMode)), default="fast", show_default=True,
               help="fast: the model in whichever of float32, bfloat16 and int8 is fastest here (measured once); "
                    "exact: the model in float32, llmlingua's decisions; "
@@ -45,11 +49,12 @@ _SKIPPED = {"empty": "no text", "rate": "rate 1", "short": "too short to compres
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True), default="-",
               show_default=True, help="Where to write the compressed text.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary line on stderr.")
-def compress(file: str, rate: float, mode: str, model: str | None, precision: str, force_keep: tuple[str, ...],
+def compress(file: str, rate: float | None, target_tokens: int | None, mode: str, model: str | None, precision: str, force_keep: tuple[str, ...],
              protect: tuple[str, ...], sentence_weight: float | None, relation_weight: float | None,
              question: str | None,
              no_default_protection: bool, output: str, quiet: bool) -> None:
-    """Compress the text in FILE ('-' for standard input) to about RATE of its tokens.
+    """Compress the text in FILE ('-' for standard input) to about RATE of its tokens, or to fit in
+    the token budget N.
 
     Malformed UTF-8 bytes pass through unchanged. Protected spans (code, JSON,
     URLs, numbers, IDs, file names and paths, dotted and snake_case names,
@@ -76,6 +81,7 @@ def compress(file: str, rate: float, mode: str, model: str | None, precision: st
         raise click.ClickException(f"{name} looks like a binary file (it has NUL bytes); give a text file")
     text = data.decode("utf-8", errors="surrogateescape")
     try:
+        from thrifty.compressors.base import CompressResult, compress_to_fit
         from thrifty.compressors.lingua import Compressor
 
         compressor = Compressor.load(mode=mode, model=model, precision=precision)
@@ -91,11 +97,17 @@ def compress(file: str, rate: float, mode: str, model: str | None, precision: st
                 bar.__enter__()
             bar.update(done - bar.pos)
 
+        def compress_at(at: float) -> CompressResult:
+            return compressor.compress(text, at, force_keep=force_keep, patterns=protect,
+                                       protect=not no_default_protection, progress=progress,
+                                       sentence_weight=sentence_weight, relation_weight=relation_weight,
+                                       question=question)
+
         try:
-            result = compressor.compress(text, rate, force_keep=force_keep, patterns=protect,
-                                         protect=not no_default_protection, progress=progress,
-                                         sentence_weight=sentence_weight, relation_weight=relation_weight,
-                                         question=question)
+            if target_tokens is None:
+                result = compress_at(0.5 if rate is None else rate)
+            else:
+                result = compress_to_fit(compress_at, target_tokens, 1.0 if rate is None else rate)
         finally:
             if bar is not None:
                 bar.__exit__(None, None, None)
@@ -119,6 +131,10 @@ def compress(file: str, rate: float, mode: str, model: str | None, precision: st
                 kept += f", {result.foreign_chars:,} of them in another language"
         if result.skipped is not None:
             kept += f", unchanged: {_SKIPPED.get(result.skipped, result.skipped)}"
+        elif result.target_tokens is not None:
+            kept += f", rate {result.rate:g}"
+            if result.over_target:
+                kept += f", over the budget of {result.target_tokens}: what is protected takes more"
         click.echo(
             f"{name}: {result.tokens_before} -> {result.tokens_after} tokens "
             f"({kept}, {result.mode} in {compressor.precision}, {(time.perf_counter() - started):.2f} s)",

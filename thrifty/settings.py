@@ -162,6 +162,10 @@ class CompressionSettings(BaseModel):
         default=True,
         description="compress each part for the question found in the messages: the user text of its own "
         "message, or of the last user message before it (see thrifty.compressors.stage)")
+    target_tokens: int | None = Field(
+        default=None, ge=1,
+        description="a budget for each prompt: compress only prompts over it, only as far as they must be "
+        "(rate is then not used, unless a call or alias gives one)")
 
 
 class AliasConfig(BaseModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from click.testing import CliRunner
 
 from tests.compressors.conftest import PASSAGE
@@ -117,3 +119,24 @@ def test_relation_weight_option(tmp_path, weights):
     assert result.stdout != ref.compress(PASSAGE * 3, 0.5).text
     bad = run(str(src), "--model", str(weights), "--relation-weight", "-2")
     assert bad.exit_code != 0 and "relation-weight" in bad.output
+
+
+def test_target_tokens_option(tmp_path, weights):
+    from thrifty.compressors.lingua import Compressor
+
+    src = tmp_path / "notes.txt"
+    src.write_text(PASSAGE * 4, encoding="utf-8")
+    full = Compressor.load("exact", str(weights)).compress(PASSAGE * 4, 1.0).tokens_before
+    result = run(str(src), "--target-tokens", str(full // 2), "--mode", "exact", "--model", str(weights))
+    assert result.exit_code == 0, result.output
+    rate = float(re.search(r"rate (0\.\d+)", result.stderr).group(1))
+    assert result.stdout == Compressor.load("exact", str(weights)).compress(PASSAGE * 4, rate).text
+    assert int(re.search(r"-> (\d+) tokens", result.stderr).group(1)) <= full // 2
+    fits = run(str(src), "--target-tokens", str(full), "--model", str(weights))
+    assert fits.stdout == PASSAGE * 4 and "unchanged: within the budget already" in fits.stderr
+    src.write_text(PASSAGE * 4 + "Tickets OPS-2291, OPS-2292 and OPS-2293 stay open.", encoding="utf-8")
+    over = run(str(src), "--target-tokens", "5", "--model", str(weights))
+    assert over.exit_code == 0 and re.search(r"rate 0\.0\d, over the budget of 5: what is protected", over.stderr)
+    assert len(over.stdout) < 0.2 * len(PASSAGE * 4)
+    bad = run(str(src), "--target-tokens", "0", "--model", str(weights))
+    assert bad.exit_code == 2 and "--target-tokens" in bad.output

@@ -542,6 +542,38 @@ def test_public_function_and_registry(weights):
         load_compressor("nope")
 
 
+def test_a_token_budget_takes_the_largest_rate_that_fits(exact, weights):
+    text = PASSAGE * 6 + "Ask Priya Raman (ext. 4417) about ticket OPS-2291 before Friday."
+    full = exact.compress(text, 1.0).tokens_before
+    budget = full // 3
+    calls: list[int] = []
+    fit = thrifty.compress(text, target_tokens=budget, mode="exact", model=str(weights),
+                           progress=lambda done, total: calls.append(done))
+    assert fit.target_tokens == budget and fit.skipped is None and not fit.over_target
+    assert fit.tokens_after <= budget and 0 < fit.rate < 1 and round(fit.rate, 2) == fit.rate
+    assert len(calls) == 1  # the model ran once: the rates tried after the first reuse its scores
+    # the rate it reports is the one it compressed at, and a hundredth more would be over
+    assert fit.text == exact.compress(text, fit.rate).text
+    assert exact.compress(text, round(fit.rate + 0.01, 2)).tokens_after > budget
+    assert "OPS-2291" in fit.text and "4417" in fit.text  # protected spans survive any budget
+    # a text within its budget comes back as it was
+    same = thrifty.compress(text, target_tokens=full, mode="exact", model=str(weights))
+    assert same.text == text and same.skipped == "fits" and same.rate == 1.0 and same.tokens_after == full
+    # a rate given too is the most it keeps
+    capped = thrifty.compress(text, rate=0.2, target_tokens=full, mode="exact", model=str(weights))
+    assert capped.rate == 0.2 and capped.text == exact.compress(text, 0.2).text
+    # protected spans alone over the budget: the smallest compression, and it says so
+    ids = " ".join(f"INC-{i:05d}" for i in range(200))
+    over = thrifty.compress(PASSAGE + ids, target_tokens=50, mode="exact", model=str(weights))
+    assert over.over_target and over.tokens_after > 50 and ids in over.text
+    assert over.rate <= 0.03 and over.tokens_after < exact.compress(PASSAGE + ids, 0.1).tokens_after
+    for bad in (0, -5, 2.5, True, "100"):
+        with pytest.raises(InvalidRequestError, match="target_tokens must be a whole number"):
+            thrifty.compress(text, target_tokens=bad, mode="exact", model=str(weights))
+    with pytest.raises(InvalidRequestError, match="rate must be"):
+        thrifty.compress(text, rate=0, target_tokens=100, mode="exact", model=str(weights))
+
+
 def test_missing_or_tampered_weights_are_clear_errors(tmp_path, weights):
     from thrifty.compressors.lingua import Compressor
 

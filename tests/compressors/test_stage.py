@@ -226,6 +226,94 @@ def test_proxy_compresses_and_records(tmp_path, upstream, weights):
         assert bad.status_code == 400 and "compress" in bad.text
 
 
+ASKED = PASSAGE * 2 + "\n\nWhat will the next meeting focus on?"
+CHAT = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": LONG},
+        {"role": "assistant", "content": "Noted."}, {"role": "user", "content": ASKED}]
+
+
+def _prompt_tokens(body: dict) -> int:
+    """The prompt tokens of an OpenAI request body, as the ledger counts them for gpt-4o-mini."""
+    from thrifty.ledger.tokens import count_prompt
+    from thrifty.middleware.codecs.openai import decode_request
+
+    return count_prompt(decode_request(body)[0], "gpt-4o-mini", "openai").n
+
+
+def test_a_token_budget_compresses_a_prompt_over_it_and_only_as_far_as_it_must(engine, upstream, weights):
+    from thrifty.compressors.lingua import Compressor
+    from thrifty.ledger.tokens import count_text
+
+    client = oai(engine, upstream)
+
+    def ask(**compress: object) -> list[dict]:
+        client.chat.completions.create(model="gpt-4o-mini", messages=CHAT, extra_body={"thrifty": {"compress": {
+            "min_tokens": 50, "question": False, **compress}}})
+        return upstream.requests[-1]["body"]["messages"]
+
+    full = _prompt_tokens({"model": "gpt-4o-mini", "messages": CHAT})
+    assert ask(target_tokens=full) == CHAT and savings(engine) == []  # within the budget: as written
+    budget = int(full * 0.6)
+    sent = ask(target_tokens=budget)
+    [row] = savings(engine)
+    detail = row["detail"] if isinstance(row["detail"], dict) else json.loads(row["detail"])
+    rate = detail["rate"]
+    assert detail["target_tokens"] == budget and "over_target" not in detail and detail["parts"] == 2
+    assert row["tokens_before"] == full
+    assert row["tokens_after"] == _prompt_tokens({"model": "gpt-4o-mini", "messages": sent}) <= budget
+    # one rate for both parts, and the system prompt and the short reply untouched
+    ref = Compressor.load("fast", str(weights))
+    assert [m["content"] for m in sent] == [
+        SYSTEM, ref.compress(LONG, rate, target="gpt-4o-mini").text, "Noted.",
+        ref.compress(ASKED, rate, target="gpt-4o-mini").text]
+    # the largest such rate: a hundredth more and the prompt would be over
+    fixed = full - count_text(LONG, "gpt-4o-mini") - count_text(ASKED, "gpt-4o-mini")
+    more = round(rate + 0.01, 2)
+    assert fixed + sum(ref.compress(t, more, target="gpt-4o-mini").tokens_after for t in (LONG, ASKED)) > budget
+    # a budget the system prompt alone is over: compressed as far as it goes, sent, and recorded as over
+    ask(target_tokens=50)
+    over = savings(engine)[-1]
+    detail = over["detail"] if isinstance(over["detail"], dict) else json.loads(over["detail"])
+    assert detail["over_target"] is True and detail["target_tokens"] == 50
+    assert 50 < over["tokens_after"] < row["tokens_after"]
+    # a rate given too is the most the parts keep
+    capped = ask(target_tokens=full, rate=0.3)
+    assert capped[1]["content"] == ref.compress(LONG, 0.3, target="gpt-4o-mini").text
+    for bad in (0, -3, "many", 2.5):
+        with pytest.raises(openai.BadRequestError, match="target_tokens") as info:
+            ask(target_tokens=bad)
+        assert info.value.param == "thrifty.compress.target_tokens"
+
+
+def test_a_token_budget_through_the_proxy_and_from_the_settings(tmp_path, upstream, weights):
+    from tests.middleware.server.conftest import start_proxy
+
+    settings = make_settings(tmp_path / "data", upstream,
+                             compression={"model": str(weights), "enabled": True, "target_tokens": 250})
+    for proxy in start_proxy(settings):
+        client = anthropic.Anthropic(base_url=proxy.url, api_key="sk-ant", max_retries=0)
+        short = client.messages.create(model="anthropic/claude-3-5-haiku-latest", max_tokens=50,
+                                       messages=[{"role": "user", "content": PASSAGE}])
+        assert short.content and upstream.requests[-1]["body"]["messages"][0]["content"] in (
+            PASSAGE, [{"type": "text", "text": PASSAGE}])  # under 250 tokens: as written
+        client.messages.create(model="anthropic/claude-3-5-haiku-latest", max_tokens=50,
+                               messages=[{"role": "user", "content": LONG}])
+        [row] = savings(proxy.engine)
+        detail = row["detail"] if isinstance(row["detail"], dict) else json.loads(row["detail"])
+        assert detail["target_tokens"] == 250 and row["tokens_before"] > 250 >= row["tokens_after"]
+        assert detail["rate"] > 0.5  # only as far as it must: LONG is about 320 tokens
+        # a call's own budget wins over the settings', and a bad one is an Anthropic error
+        client.messages.create(model="anthropic/claude-3-5-haiku-latest", max_tokens=50,
+                               messages=[{"role": "user", "content": LONG}],
+                               extra_headers={"x-thrifty-options": json.dumps({"compress": {"target_tokens": 150}})})
+        assert 150 >= savings(proxy.engine)[-1]["tokens_after"]
+        with pytest.raises(anthropic.BadRequestError) as info:
+            client.messages.create(model="anthropic/claude-3-5-haiku-latest", max_tokens=50,
+                                   messages=[{"role": "user", "content": LONG}],
+                                   extra_headers={"x-thrifty-options": json.dumps({"compress": {"target_tokens": 0}})})
+        assert info.value.body["error"]["type"] == "invalid_request_error"
+        assert "target_tokens" in info.value.body["error"]["message"]
+
+
 def test_an_alias_can_ask_for_compression(tmp_path, upstream, weights):
     settings = make_settings(
         tmp_path / "data", upstream, compression={"model": str(weights)},

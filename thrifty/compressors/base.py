@@ -11,6 +11,7 @@ built-in ``llmlingua2`` is registered the same way; a loader that also takes
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import threading
@@ -26,12 +27,16 @@ __all__ = [
     "TextCompressor",
     "compress",
     "compressor_names",
+    "fit_rate",
     "load_compressor",
     "register_compressor",
 ]
 
 #: ``progress(done, total)``: model tokens processed so far, of ``total``.
 Progress = Callable[[int, int], None]
+#: The rates a token budget chooses among: hundredths (the selection's percentile is whole), from 0.02.
+RATE_STEPS = 100
+MIN_STEP = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +70,7 @@ class CompressResult:
     protected_chars: int = 0
     foreign_chars: int = 0
     detail: dict[str, Any] = field(default_factory=dict)
+    target_tokens: int | None = None
 
     @property
     def tokens_saved(self) -> int:
@@ -74,6 +80,12 @@ class CompressResult:
     def achieved_rate(self) -> float:
         """Tokens after over tokens before (1.0 for an empty text)."""
         return self.tokens_after / self.tokens_before if self.tokens_before else 1.0
+
+    @property
+    def over_target(self) -> bool:
+        """Whether a token budget was asked for and even the smallest rate did not meet it (what is
+        protected takes more)."""
+        return self.target_tokens is not None and self.tokens_after > self.target_tokens
 
 
 class TextCompressor(Protocol):
@@ -160,9 +172,65 @@ def load_compressor(name: str = "llmlingua2", *, mode: str = "fast", model: str 
     return found
 
 
+def check_target_tokens(value: Any, param: str = "target_tokens") -> int | None:
+    """``value`` as a token budget (a whole number of at least 1), or ``None``; else a clear error."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequestError(f"{param} must be a whole number of tokens of at least 1, got {value!r}",
+                                  param=param)
+    return value
+
+
+def fit_rate(tokens_at: Callable[[float], int], budget: int, ceiling: float = 1.0) -> float:
+    """The largest rate, in hundredths from 0.02 up to ``ceiling``, at which ``tokens_at(rate)`` (the
+    tokens a compression at that rate leaves) is at most ``budget``; where none is, the rate tried
+    that left the fewest.
+
+    The tokens left grow with the rate (a higher rate keeps a superset of the words), so a bisection
+    finds it in about seven compressions, each of which reuses the model's scores of the first.
+    (0.01 is left out: under ``llmlingua``'s rule its threshold is each chunk's highest score, which
+    keeps nothing, so the text would come back whole.)
+    """
+    tried: dict[int, int] = {}
+
+    def fits(step: int) -> bool:
+        tried[step] = tokens_at(step / RATE_STEPS)
+        return tried[step] <= budget
+
+    top = max(MIN_STEP, min(RATE_STEPS, int(ceiling * RATE_STEPS + 1e-9)))
+    if fits(top):
+        return top / RATE_STEPS
+    good, over = MIN_STEP - 1, top  # the largest step known to fit, the smallest known not to
+    while over - good > 1:
+        mid = (good + over) // 2
+        if fits(mid):
+            good = mid
+        else:
+            over = mid
+    if good < MIN_STEP:
+        good = min(tried, key=lambda step: (tried[step], step))
+    return good / RATE_STEPS
+
+
+def compress_to_fit(compress_at: Callable[[float], CompressResult], target_tokens: int,
+                    ceiling: float = 1.0) -> CompressResult:
+    """The result of ``compress_at(rate)`` at the rate :func:`fit_rate` picks for ``target_tokens``."""
+    results: dict[float, CompressResult] = {}
+
+    def tokens_at(rate: float) -> int:
+        results[rate] = compress_at(rate)
+        return results[rate].tokens_after
+
+    rate = fit_rate(tokens_at, target_tokens, ceiling)
+    result = results[rate]
+    skipped = "fits" if rate >= 1.0 and result.skipped == "rate" else result.skipped
+    return dataclasses.replace(result, target_tokens=target_tokens, skipped=skipped)
+
+
 def compress(
     text: str,
-    rate: float = 0.5,
+    rate: float | None = None,
     *,
     mode: str = "fast",
     model: str | None = None,
@@ -174,23 +242,43 @@ def compress(
     progress: Progress | None = None,
     question: str | None = None,
     precision: str = "auto",
+    target_tokens: int | None = None,
 ) -> CompressResult:
-    """Compress ``text`` to about ``rate`` of its tokens, keeping protected spans byte-for-byte.
+    """Compress ``text`` to about ``rate`` of its tokens, or to fit in ``target_tokens``, keeping
+    protected spans byte-for-byte.
 
-    ``rate`` is the share of the compressible text's tokens to keep (0 < rate <= 1);
-    protected spans (:mod:`thrifty.compressors.protect`; ``protect=False``
-    turns the built-in ones off) are kept in full on top. ``mode`` is ``"fast"``
-    (the model in the precision measured fastest on this machine: float32,
-    native bfloat16 or int8),
-    ``"exact"`` (full precision, the same keep decisions as ``llmlingua``'s
-    LLMLingua-2 path) or ``"turbo"`` (the distilled shallower model where one
-    ships: faster again, for a few points of accuracy); ``precision`` pins the fast and turbo
-    modes' precision instead (see :func:`load_compressor`). ``model`` is a weights directory (default:
-    thrifty's shipped weights). Token counts use ``target``'s tokenizer. ``question``, the
-    question the text is context for, keeps the sentences relevant to it (compressors
-    that take no question are called without it).
+    ``rate`` is the share of the compressible text's tokens to keep (0 < rate <= 1; default 0.5);
+    protected spans (:mod:`thrifty.compressors.protect`; ``protect=False`` turns the built-in ones
+    off) are kept in full on top. ``target_tokens`` asks instead for at most that many tokens of
+    ``target``'s tokenizer: the text comes back unchanged where it fits already (``skipped ==
+    "fits"``), else compressed at the largest rate, in hundredths, that fits (``result.rate``; a
+    ``rate`` given as well is the most it may keep). Where even 0.02 leaves more, as protected spans
+    are kept whole, the smallest compression found comes back (``result.over_target``).
+
+    ``mode`` is ``"fast"`` (the model in the precision measured fastest on this machine: float32,
+    native bfloat16 or int8), ``"exact"`` (full precision, the same keep decisions as
+    ``llmlingua``'s LLMLingua-2 path) or ``"turbo"`` (the distilled shallower model where one ships:
+    faster again, for a few points of accuracy); ``precision`` pins the fast and turbo modes'
+    precision instead (see :func:`load_compressor`). ``model`` is a weights directory (default:
+    thrifty's shipped weights). Token counts use ``target``'s tokenizer. ``question``, the question
+    the text is context for, keeps the sentences relevant to it (compressors that take no question
+    are called without it).
     """
+    target_tokens = check_target_tokens(target_tokens)
     impl = load_compressor(compressor, mode=mode, model=model, precision=precision)
     extra = {} if question is None else {"question": question}
-    return impl.compress(text, rate, force_keep=force_keep, patterns=patterns, protect=protect,
-                         target=target, progress=progress, **extra)
+
+    def compress_at(at: float) -> CompressResult:
+        return impl.compress(text, at, force_keep=force_keep, patterns=patterns, protect=protect,
+                             target=target, progress=progress, **extra)
+
+    if target_tokens is None:
+        return compress_at(0.5 if rate is None else rate)
+    return compress_to_fit(compress_at, target_tokens, 1.0 if rate is None else _ceiling(rate))
+
+
+def _ceiling(rate: Any) -> float:
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 1:
+        raise InvalidRequestError(f"rate must be a number in (0, 1] (the share of tokens to keep), got {rate!r}",
+                                  param="rate")
+    return float(rate)

@@ -129,6 +129,7 @@ _SURROGATES = re.compile("[\ud800-\udfff]")
 _CHUNK_END_TOKENS = (".", "\n")
 _BATCH = 4  # chunks per model run: measured best on 2 CPU cores (32 was 1.3-1.8x slower in float32)
 _SENTENCE_ENDS = frozenset((".", "!", "?", "。", "！", "？"))
+_SCORED_KEPT = 8  # texts whose scores are kept for another rate (a token budget tries several)
 
 #: The default weight of a sentence's mean keep probability in its words' scores (0: llmlingua's rule).
 SENTENCE_WEIGHT = 2.0
@@ -160,16 +161,30 @@ class KeepDecisions:
 
 
 @dataclass(slots=True)
-class _Analysis:
+class _Scored:
+    """What the model and the scoring make of a text, before a rate picks the words: the same for
+    every rate, so a text compressed at several (to fit a token budget) runs the model once."""
+
     starts: np.ndarray  # word character spans
     ends: np.ndarray
     words: list[str]
     probs: np.ndarray
-    keep: np.ndarray
     listed: np.ndarray  # bool: neither protected nor opaque
     spans: list[tuple[int, int]]  # protected spans, widened to whole words
+    # per chunk with listed words: their indices, their scores and their cl100k_base token counts
+    chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
     foreign_chars: int = 0  # characters of the paragraphs kept whole as in another language
     all_foreign: bool = False  # every word is in such a paragraph
+
+    def keep(self, rate: float) -> np.ndarray:
+        """Which words are kept at ``rate``: in each chunk, those scoring above the percentile of the
+        weighted scores that leaves about ``rate`` of its tokens (``llmlingua``'s rule)."""
+        keep = np.ones(len(self.starts), dtype=bool)
+        q = int(100 * max(0.0, 1.0 - rate) + 1)
+        for idx, p, weights in self.chunks:
+            threshold = np.percentile(np.repeat(p, weights), q)
+            keep[idx] = (p > threshold) | ((threshold == 1.0) & (p == threshold))
+        return keep
 
 
 class Compressor:
@@ -186,6 +201,7 @@ class Compressor:
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self._run_lock = threading.Lock()
+        self._scored: OrderedDict[tuple[Any, ...], _Scored] = OrderedDict()
         self._ntok: dict[str, int] = {}
         # a model trained on languages none of which is written without spaces keeps such text whole
         languages = set(loaded.languages)
@@ -308,12 +324,13 @@ class Compressor:
         """The per-word keep decisions for ``text`` (built-in protection off by default, as in ``llmlingua``;
         ``sentence_weight=0``, ``relation_weight=0`` and no ``question`` for ``llmlingua``'s selection)."""
         rate = _check_rate(rate)
-        a = self._analyse(text, rate, force_keep, patterns, protect, None,
-                          _check_weight(sentence_weight, "sentence_weight", SENTENCE_WEIGHT),
-                          _check_weight(relation_weight, "relation_weight", RELATION_WEIGHT),
-                          _check_question(question))
+        a = self._score(text, force_keep, patterns, protect, None,
+                        _check_weight(sentence_weight, "sentence_weight", SENTENCE_WEIGHT),
+                        _check_weight(relation_weight, "relation_weight", RELATION_WEIGHT),
+                        _check_question(question))
         idx = np.flatnonzero(a.listed)
-        return KeepDecisions([a.words[i] for i in idx], a.starts[idx], a.ends[idx], a.probs[idx], a.keep[idx])
+        return KeepDecisions([a.words[i] for i in idx], a.starts[idx], a.ends[idx], a.probs[idx],
+                             a.keep(rate)[idx])
 
     def foreign_paragraphs(self, text: str) -> list[tuple[int, int]]:
         """Character spans of the paragraphs of ``text`` that :meth:`compress` keeps whole as written in none
@@ -344,29 +361,47 @@ class Compressor:
             return unchanged("empty")
         if rate >= 1.0:
             return unchanged("rate")
-        a = self._analyse(text, rate, force_keep, patterns, protect, progress, weight, relation, question)
+        a = self._score(text, force_keep, patterns, protect, progress, weight, relation, question)
         protected_chars = sum(e - s for s, e in a.spans)
         if not a.listed.any():  # every word protected (code, numbers, another language...) or unreadable
             return unchanged("language" if a.all_foreign else "protected", protected_chars, a.foreign_chars)
-        out = _assemble(text, a)
+        keep = a.keep(rate)
+        out = _assemble(text, a, keep)
         if not out.strip():  # everything dropped: too short to compress
             return unchanged("short")
         before = count_text(_encodable(text), target)
         after = count_text(_encodable(out), target) if out != text else before
         return CompressResult(
             out, before, after, rate, self.name, self.version, self.mode, (time.perf_counter() - t0) * 1000,
-            target, None, int(a.keep[a.listed].sum()), int(a.listed.sum()), protected_chars, a.foreign_chars,
+            target, None, int(keep[a.listed].sum()), int(a.listed.sum()), protected_chars, a.foreign_chars,
         )
 
-    def _analyse(self, text: str, rate: float, force_keep: Sequence[str], patterns: Sequence[str],
-                 protect: bool, progress: Progress | None, weight: float, relation: float,
-                 question: str | None) -> _Analysis:
+    def _score(self, text: str, force_keep: Sequence[str], patterns: Sequence[str], protect: bool,
+               progress: Progress | None, weight: float, relation: float, question: str | None) -> _Scored:
+        """The text's words, protected spans and keep scores (see :class:`_Scored`), kept for the last
+        few texts so that compressing one again at another rate does not run the model again."""
+        key = (hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(), tuple(force_keep),
+               tuple(patterns), protect, weight, relation, question, QUESTION_WEIGHT if question else 0.0)
+        with self._lock:
+            hit = self._scored.get(key)
+            if hit is not None:
+                self._scored.move_to_end(key)
+                return hit
+        scored = self._run_scoring(text, force_keep, patterns, protect, progress, weight, relation, question)
+        with self._lock:
+            self._scored[key] = scored
+            while len(self._scored) > _SCORED_KEPT:
+                self._scored.popitem(last=False)
+        return scored
+
+    def _run_scoring(self, text: str, force_keep: Sequence[str], patterns: Sequence[str], protect: bool,
+                     progress: Progress | None, weight: float, relation: float, question: str | None) -> _Scored:
         ids, offs, tokens = self._tokenize(text)
         n = len(ids)
         if n == 0:
             empty = np.zeros(0, dtype=np.int64)
-            return _Analysis(empty, empty, [], np.zeros(0, np.float32), np.zeros(0, bool), np.zeros(0, bool),
-                             protected_spans(text, defaults=protect, force_keep=force_keep, patterns=patterns))
+            return _Scored(empty, empty, [], np.zeros(0, np.float32), np.zeros(0, bool),
+                           protected_spans(text, defaults=protect, force_keep=force_keep, patterns=patterns), [])
         is_start, first, counts, starts, ends = self._word_bounds(ids, offs)
         opaque = self._special[ids[first]]
 
@@ -400,10 +435,8 @@ class Compressor:
         words = self._words(tokens, first, counts)
         weights = self._oai_counts(words, listed)
 
-        keep = np.ones(len(first), dtype=bool)
         chunk_of_word = np.searchsorted(np.array([c[0] for c in chunks]), first, side="right") - 1
         bounds = np.searchsorted(chunk_of_word, np.arange(len(chunks) + 1), side="left")
-        q = int(100 * max(0.0, 1.0 - rate) + 1)
         relevance = None
         if weight or question:
             ends_sentence = self._sentence_ends[ids[first]] & (counts == 1)
@@ -413,23 +446,21 @@ class Compressor:
                 tails = np.append(heads[1:], len(first)) - 1
                 relevance = QUESTION_WEIGHT * sentence_relevance(text, starts[heads], ends[tails], question)
         lift = relation * (self._relation[ids[first]] & (counts == 1)) if relation else None
+        scored: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for c in range(len(chunks)):
             lo, hi = bounds[c], bounds[c + 1]
-            sel = listed[lo:hi]
-            if not sel.any():
+            idx = lo + np.flatnonzero(listed[lo:hi])
+            if not idx.size:
                 continue
-            p = probs[lo:hi][sel]
+            p = probs[idx]
             if lift is not None:  # before the sentence means, which it raises where clauses hold together
-                p = p + lift[lo:hi][sel]
+                p = p + lift[idx]
             if weight:
-                p = _sentence_scores(p, sentence[lo:hi][sel], weight)
+                p = _sentence_scores(p, sentence[idx], weight)
             if relevance is not None:
-                p = p + relevance[sentence[lo:hi][sel]]
-            threshold = np.percentile(np.repeat(p, weights[lo:hi][sel]), q)
-            kept = (p > threshold) | ((threshold == 1.0) & (p == threshold))
-            window = keep[lo:hi]
-            window[sel] = kept
-        return _Analysis(starts, ends, words, probs, keep, listed, spans, foreign_chars, all_foreign)
+                p = p + relevance[sentence[idx]]
+            scored.append((idx, p, weights[idx]))
+        return _Scored(starts, ends, words, probs, listed, spans, scored, foreign_chars, all_foreign)
 
     def _word_bounds(self, ids: np.ndarray, offs: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -604,8 +635,9 @@ def _widen(spans: list[tuple[int, int]], starts: np.ndarray, ends: np.ndarray
     return spans, inside
 
 
-def _assemble(text: str, a: _Analysis) -> str:
-    """The kept words and spans, cut from ``text`` (see the module docstring for the spacing)."""
+def _assemble(text: str, a: _Scored, keep: np.ndarray) -> str:
+    """The words ``keep`` picks and the protected spans, cut from ``text`` (see the module docstring
+    for the spacing)."""
     items: list[tuple[int, int, bool]] = [(s, e, True) for s, e in a.spans]
     in_span = np.zeros(len(a.starts), dtype=bool)
     if a.spans:
@@ -615,7 +647,7 @@ def _assemble(text: str, a: _Analysis) -> str:
         kk = np.where(k >= 0, k, 0)
         in_span = (k >= 0) & (span_ends[kk] >= a.ends)
     idx = np.flatnonzero(~in_span)  # every word not inside a protected span
-    items.extend(zip(a.starts[idx].tolist(), a.ends[idx].tolist(), a.keep[idx].tolist(), strict=True))
+    items.extend(zip(a.starts[idx].tolist(), a.ends[idx].tolist(), keep[idx].tolist(), strict=True))
     if not items:
         return text
     items.sort()

@@ -13,6 +13,18 @@ definitions, assistant tool calls, images or other non-text parts, and never
 anything at or before the last prompt-cache marker (Anthropic
 ``cache_control``), so the cached prefix stays byte-identical.
 
+With ``target_tokens`` (a call's option, an alias's, or ``[compression]
+target_tokens``) the prompt gets a budget instead of a rate: a prompt within it
+goes upstream untouched, and one over it has its parts compressed at one rate
+for all, the largest in hundredths at which the whole prompt fits (a ``rate``
+the call or its alias gives as well is the most it may keep). The model scores
+each part once; the rates tried reuse its scores. Where even the smallest rate
+leaves the prompt over the budget (its system prompt, tools, short parts or
+protected spans take more), that is what is sent, recorded as
+``detail["over_target"]``. The chosen rate depends on the whole prompt, so as a
+conversation grows its earlier turns may compress differently from one call to
+the next: a fixed ``rate`` is what keeps a provider's prompt cache matching.
+
 Each part is compressed for its question (question-aware allocation, see
 :mod:`thrifty.compressors.lingua`): the ``question`` option's text when the
 call gives one; otherwise (unless ``question`` is ``false`` or ``[compression]
@@ -29,12 +41,13 @@ match.
 It records ``ctx.savings["compression"]``: tokens of the prompt before and
 after (counted with the target model's tokenizer, an estimate for non-OpenAI
 models), and in ``detail`` the compressor, its version, the mode, the
-precision its model ran in (``float32``, ``bfloat16`` or ``int8``), the rate,
-the compression time in ms, the number of parts compressed, how many of
-them were compressed for a question (``question_aware``) and how many of
-their characters were kept byte for byte (``protected_chars``: code, numbers,
-URLs..., paragraphs in languages the model does not know), of which
-``foreign_chars`` kept only for their paragraph's language; the recorder
+precision its model ran in (``float32``, ``bfloat16`` or ``int8``), the rate
+(and ``target_tokens`` where a budget chose it), the compression time in ms,
+the number of parts compressed, how many of them were compressed for a
+question (``question_aware``) and how many of their characters were kept
+byte for byte (``protected_chars``: code, numbers, URLs..., paragraphs in
+languages the model does not know), of which ``foreign_chars`` kept only for
+their paragraph's language; the recorder
 prices the saved tokens at the model's input price. A compressor failure
 sends the call on uncompressed (recorded as ``detail["error"]``) unless
 ``fail_open = false``, when the call fails with
@@ -92,6 +105,7 @@ class _Plan:
     sentence_weight: float | None  # None: the compressor's own default
     relation_weight: float | None  # None: the compressor's own default
     question: str | bool  # a given question; True: each part's question from the messages; False: none
+    target_tokens: int | None  # a budget for the prompt (rate is then the most it may keep)
 
 
 # where a text part sits: (message index, part index, index inside a tool result or -1)
@@ -156,8 +170,10 @@ class CompressionStage(Stage):
         if asked is False:
             return None
         o = asked if isinstance(asked, CompressOptions) else CompressOptions()
+        target_tokens = o.target_tokens if o.target_tokens is not None else s.target_tokens
         return _Plan(
-            rate=o.rate if o.rate is not None else s.rate,
+            # with a budget, only a rate the call (or its alias) gives caps it
+            rate=o.rate if o.rate is not None else (s.rate if target_tokens is None else 1.0),
             min_tokens=o.min_tokens if o.min_tokens is not None else s.min_tokens,
             force_keep=(*s.force_keep, *o.force_keep),
             protect=(*s.protect, *o.protect),
@@ -166,16 +182,24 @@ class CompressionStage(Stage):
             sentence_weight=o.sentence_weight if o.sentence_weight is not None else s.sentence_weight,
             relation_weight=o.relation_weight if o.relation_weight is not None else s.relation_weight,
             question=o.question if o.question is not None else s.question,
+            target_tokens=target_tokens,
         )
 
     def _apply(self, request: Request, ctx: CallContext, plan: _Plan) -> Request:
+        from thrifty.compressors.base import CompressResult, fit_rate
         from thrifty.ledger.tokens import count_text
 
         model = ctx.target.model if ctx.target is not None else request.model
-        found = [(where, text) for where, text in _eligible(request, plan.roles)
-                 if plan.min_tokens <= 0 or count_text(text, model) >= plan.min_tokens]
-        if not found or plan.rate >= 1.0:
+        counted = [(where, text, count_text(text, model)) for where, text in _eligible(request, plan.roles)]
+        found = [(where, text) for where, text, n in counted if plan.min_tokens <= 0 or n >= plan.min_tokens]
+        if not found or (plan.rate >= 1.0 and plan.target_tokens is None):
             return request
+        fixed = 0  # with a budget: the prompt's tokens outside the parts compressed
+        if plan.target_tokens is not None:
+            own = sum(n for _, _, n in counted if plan.min_tokens <= 0 or n >= plan.min_tokens)
+            fixed = self._prompt_tokens(request, ctx, model, own) - own
+            if fixed + own <= plan.target_tokens and plan.rate >= 1.0:
+                return request  # within the budget: nothing to do
         s = self.settings
         t0 = time.perf_counter()
         try:
@@ -184,9 +208,24 @@ class CompressionStage(Stage):
                                                      ("relation_weight", plan.relation_weight))
                      if value is not None}
             questions = _questions(request, found, plan.question)
-            results = [compressor.compress(text, plan.rate, force_keep=plan.force_keep, patterns=plan.protect,
-                                           target=model, **extra, **_asked(questions.get(where)))
-                       for where, text in found]
+
+            def compress_at(rate: float) -> list[CompressResult]:
+                return [compressor.compress(text, rate, force_keep=plan.force_keep, patterns=plan.protect,
+                                            target=model, **extra, **_asked(questions.get(where)))
+                        for where, text in found]
+
+            rate = plan.rate
+            if plan.target_tokens is not None:  # one rate for every part, the largest that fits the budget
+                tried: dict[float, list[CompressResult]] = {}
+
+                def tokens_at(at: float) -> int:
+                    tried[at] = compress_at(at)
+                    return fixed + sum(r.tokens_after for r in tried[at])
+
+                rate = fit_rate(tokens_at, plan.target_tokens, plan.rate)
+                results = tried[rate]
+            else:
+                results = compress_at(rate)
         except Exception as exc:
             if not s.fail_open:
                 if isinstance(exc, ThriftyError):
@@ -202,12 +241,20 @@ class CompressionStage(Stage):
         saved = sum(r.tokens_before - r.tokens_after for r in results)
         before = self._prompt_tokens(request, ctx, model, sum(r.tokens_before for r in results))
         first = results[0]
-        ctx.savings[TECHNIQUE] = Saving(before, before - saved, detail={
+        detail = {
             "compressor": first.compressor, "version": first.version, "mode": first.mode,
-            "precision": getattr(compressor, "precision", None), "rate": plan.rate, "ms": round(ms, 3),
+            "precision": getattr(compressor, "precision", None), "rate": rate, "ms": round(ms, 3),
             "parts": len(results),
             "question_aware": len(questions), "protected_chars": sum(r.protected_chars for r in results),
-            "foreign_chars": sum(r.foreign_chars for r in results)})
+            "foreign_chars": sum(r.foreign_chars for r in results)}
+        if plan.target_tokens is not None:
+            detail["target_tokens"] = plan.target_tokens
+            if before - saved > plan.target_tokens:
+                detail["over_target"] = True
+                log.warning("call %s: the prompt compresses to %d tokens at most, over its budget of %d "
+                            "(what is protected or not compressed takes more)", ctx.call_id, before - saved,
+                            plan.target_tokens)
+        ctx.savings[TECHNIQUE] = Saving(before, before - saved, detail=detail)
         return _replace_texts(request, {where: r.text for (where, _), r in zip(found, results, strict=True)})
 
     @staticmethod

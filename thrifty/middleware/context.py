@@ -48,7 +48,10 @@ class CompressOptions(BaseModel):
     favoured (0: as llmlingua);
     ``question`` the question the context is compressed for (a string), ``false``
     to compress without one, ``true`` for the question found in the messages
-    (see :mod:`thrifty.compressors.stage`).
+    (see :mod:`thrifty.compressors.stage`);
+    ``target_tokens`` a budget for the whole prompt: compressed only when it is
+    over, and only as far as it must be (``rate``, when given too, is the most
+    it may keep).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -62,6 +65,7 @@ class CompressOptions(BaseModel):
     sentence_weight: float | None = Field(default=None, ge=0, le=100)
     relation_weight: float | None = Field(default=None, ge=0, le=100)
     question: str | bool | None = None
+    target_tokens: int | None = Field(default=None, ge=1)
 
     @field_validator("protect")
     @classmethod
