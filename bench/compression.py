@@ -1301,7 +1301,7 @@ def budget(args: argparse.Namespace) -> None:
     how closely the budgets of 0.5 and 0.33 of each passage's tokens are met."""
     import torch
 
-    from thrifty.compressors.base import compress_to_fit
+    from thrifty.compressors.base import compress_to
     from thrifty.ledger.tokens import count_text
 
     torch.set_num_threads(args.threads)
@@ -1316,7 +1316,7 @@ def budget(args: argparse.Namespace) -> None:
         def at(rate: float) -> Any:
             tried.append(1)
             return compressor.compress(text, rate)
-        return compress_to_fit(at, target)
+        return compress_to(at, target_tokens=target)
 
     compressor.compress(prompt[:2000], 0.5)  # warm-up
     times: dict[str, list[float]] = {"rate 0.5": [], **{f"budget {share:g}": [] for share in shares}}

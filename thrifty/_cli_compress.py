@@ -49,10 +49,10 @@ _SKIPPED = {"empty": "no text", "rate": "rate 1", "fits": "within the budget alr
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True), default="-",
               show_default=True, help="Where to write the compressed text.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary line on stderr.")
-def compress(file: str, rate: float | None, target_tokens: int | None, mode: str, model: str | None, precision: str, force_keep: tuple[str, ...],
-             protect: tuple[str, ...], sentence_weight: float | None, relation_weight: float | None,
-             question: str | None,
-             no_default_protection: bool, output: str, quiet: bool) -> None:
+def compress(file: str, rate: float | None, target_tokens: int | None, mode: str, model: str | None,
+             precision: str, force_keep: tuple[str, ...], protect: tuple[str, ...], sentence_weight: float | None,
+             relation_weight: float | None, question: str | None, no_default_protection: bool, output: str,
+             quiet: bool) -> None:
     """Compress the text in FILE ('-' for standard input) to about RATE of its tokens, or to fit in
     the token budget N.
 
@@ -81,7 +81,7 @@ def compress(file: str, rate: float | None, target_tokens: int | None, mode: str
         raise click.ClickException(f"{name} looks like a binary file (it has NUL bytes); give a text file")
     text = data.decode("utf-8", errors="surrogateescape")
     try:
-        from thrifty.compressors.base import CompressResult, compress_to_fit
+        from thrifty.compressors.base import CompressResult, compress_to
         from thrifty.compressors.lingua import Compressor
 
         compressor = Compressor.load(mode=mode, model=model, precision=precision)
@@ -104,10 +104,7 @@ def compress(file: str, rate: float | None, target_tokens: int | None, mode: str
                                        question=question)
 
         try:
-            if target_tokens is None:
-                result = compress_at(0.5 if rate is None else rate)
-            else:
-                result = compress_to_fit(compress_at, target_tokens, 1.0 if rate is None else rate)
+            result = compress_to(compress_at, rate, target_tokens)
         finally:
             if bar is not None:
                 bar.__exit__(None, None, None)

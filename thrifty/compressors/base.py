@@ -17,7 +17,7 @@ import inspect
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from thrifty.errors import InvalidRequestError
 
@@ -27,10 +27,13 @@ __all__ = [
     "TextCompressor",
     "compress",
     "compressor_names",
+    "compress_to",
     "fit_rate",
     "load_compressor",
     "register_compressor",
 ]
+
+T = TypeVar("T")
 
 #: ``progress(done, total)``: model tokens processed so far, of ``total``.
 Progress = Callable[[int, int], None]
@@ -182,26 +185,28 @@ def check_target_tokens(value: Any, param: str = "target_tokens") -> int | None:
     return value
 
 
-def fit_rate(tokens_at: Callable[[float], int], budget: int, ceiling: float = 1.0) -> float:
-    """The largest rate, in hundredths from 0.02 up to ``ceiling``, at which ``tokens_at(rate)`` (the
-    tokens a compression at that rate leaves) is at most ``budget``; where none is, the rate tried
-    that left the fewest.
+def fit_rate(compress_at: Callable[[float], T], tokens: Callable[[T], int], budget: int,
+             ceiling: float = 1.0) -> tuple[float, T]:
+    """The largest rate, in hundredths from 0.02 up to ``ceiling``, at which what ``compress_at(rate)``
+    returns has at most ``budget`` ``tokens``, and that result; where none has, the rate tried that
+    left the fewest.
 
     The tokens left grow with the rate (a higher rate keeps a superset of the words), so a bisection
     finds it in about seven compressions, each of which reuses the model's scores of the first.
     (0.01 is left out: under ``llmlingua``'s rule its threshold is each chunk's highest score, which
     keeps nothing, so the text would come back whole.)
     """
-    tried: dict[int, int] = {}
+    tried: dict[int, tuple[int, T]] = {}
 
     def fits(step: int) -> bool:
-        tried[step] = tokens_at(step / RATE_STEPS)
-        return tried[step] <= budget
+        result = compress_at(step / RATE_STEPS)
+        tried[step] = (tokens(result), result)
+        return tried[step][0] <= budget
 
     top = max(MIN_STEP, min(RATE_STEPS, int(ceiling * RATE_STEPS + 1e-9)))
-    if fits(top):
-        return top / RATE_STEPS
     good, over = MIN_STEP - 1, top  # the largest step known to fit, the smallest known not to
+    if fits(top):
+        good = top
     while over - good > 1:
         mid = (good + over) // 2
         if fits(mid):
@@ -209,23 +214,27 @@ def fit_rate(tokens_at: Callable[[float], int], budget: int, ceiling: float = 1.
         else:
             over = mid
     if good < MIN_STEP:
-        good = min(tried, key=lambda step: (tried[step], step))
-    return good / RATE_STEPS
+        good = min(tried, key=lambda step: (tried[step][0], step))
+    return good / RATE_STEPS, tried[good][1]
 
 
-def compress_to_fit(compress_at: Callable[[float], CompressResult], target_tokens: int,
-                    ceiling: float = 1.0) -> CompressResult:
-    """The result of ``compress_at(rate)`` at the rate :func:`fit_rate` picks for ``target_tokens``."""
-    results: dict[float, CompressResult] = {}
-
-    def tokens_at(rate: float) -> int:
-        results[rate] = compress_at(rate)
-        return results[rate].tokens_after
-
-    rate = fit_rate(tokens_at, target_tokens, ceiling)
-    result = results[rate]
-    skipped = "fits" if rate >= 1.0 and result.skipped == "rate" else result.skipped
+def compress_to(compress_at: Callable[[float], CompressResult], rate: float | None = None,
+                target_tokens: int | None = None) -> CompressResult:
+    """``compress_at(rate)`` (0.5 by default), or, given ``target_tokens``, at the rate :func:`fit_rate`
+    picks for that budget, with ``rate`` the most it may keep (see :func:`compress`)."""
+    if target_tokens is None:
+        return compress_at(0.5 if rate is None else rate)
+    ceiling = 1.0 if rate is None else _check_ceiling(rate)
+    chosen, result = fit_rate(compress_at, lambda r: r.tokens_after, target_tokens, ceiling)
+    skipped = "fits" if chosen >= 1.0 and result.skipped == "rate" else result.skipped
     return dataclasses.replace(result, target_tokens=target_tokens, skipped=skipped)
+
+
+def _check_ceiling(rate: Any) -> float:
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 1:
+        raise InvalidRequestError(f"rate must be a number in (0, 1] (the share of tokens to keep), got {rate!r}",
+                                  param="rate")
+    return float(rate)
 
 
 def compress(
@@ -272,13 +281,4 @@ def compress(
         return impl.compress(text, at, force_keep=force_keep, patterns=patterns, protect=protect,
                              target=target, progress=progress, **extra)
 
-    if target_tokens is None:
-        return compress_at(0.5 if rate is None else rate)
-    return compress_to_fit(compress_at, target_tokens, 1.0 if rate is None else _ceiling(rate))
-
-
-def _ceiling(rate: Any) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 1:
-        raise InvalidRequestError(f"rate must be a number in (0, 1] (the share of tokens to keep), got {rate!r}",
-                                  param="rate")
-    return float(rate)
+    return compress_to(compress_at, rate, target_tokens)

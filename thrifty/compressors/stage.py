@@ -214,18 +214,11 @@ class CompressionStage(Stage):
                                             target=model, **extra, **_asked(questions.get(where)))
                         for where, text in found]
 
-            rate = plan.rate
-            if plan.target_tokens is not None:  # one rate for every part, the largest that fits the budget
-                tried: dict[float, list[CompressResult]] = {}
-
-                def tokens_at(at: float) -> int:
-                    tried[at] = compress_at(at)
-                    return fixed + sum(r.tokens_after for r in tried[at])
-
-                rate = fit_rate(tokens_at, plan.target_tokens, plan.rate)
-                results = tried[rate]
-            else:
-                results = compress_at(rate)
+            if plan.target_tokens is None:
+                rate, results = plan.rate, compress_at(plan.rate)
+            else:  # one rate for every part: the largest at which the prompt fits its budget
+                rate, results = fit_rate(compress_at, lambda rs: fixed + sum(r.tokens_after for r in rs),
+                                         plan.target_tokens, plan.rate)
         except Exception as exc:
             if not s.fail_open:
                 if isinstance(exc, ThriftyError):
