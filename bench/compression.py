@@ -1307,7 +1307,7 @@ def budget(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     compressor = thrifty_compressor(args.mode)
     rows = read_set(args.set, args.limit)
-    prompt = speed_prompt(rows)
+    prompt = speed_prompt(rows, args.prompt_tokens)
     tokens = count_text(prompt, "gpt-4o")
     shares = (0.5, 0.33, 0.2)
     tried: list[int] = []
@@ -1354,7 +1354,8 @@ def budget(args: argparse.Namespace) -> None:
               f"{statistics.mean(fill):.1%} on average (least {min(fill):.1%}), mean rate {statistics.mean(rates):.3f}")
     write_results({"machine": machine(), "mode": args.mode, "precision": compressor.precision,
                    "prompt_tokens": tokens, "repeats": args.repeats,
-                   "command": f"python bench/compression.py budget --mode {args.mode} --repeats {args.repeats}",
+                   "command": f"python bench/compression.py budget --mode {args.mode} --repeats {args.repeats} "
+                              f"--prompt-tokens {args.prompt_tokens}",
                    "ms_per_1k": speed, "compressions": {k: statistics.median(v) for k, v in rounds.items()},
                    "fit": fit}, args.results, "compression_budget.json")
 
@@ -1450,6 +1451,7 @@ def main(argv: list[str] | None = None) -> None:
     u.add_argument("--set", choices=("eval", "dev"), default="eval")
     u.add_argument("--limit", type=int, default=0)
     u.add_argument("--repeats", type=int, default=5)
+    u.add_argument("--prompt-tokens", type=int, default=10_000, help="the timed prompt's length")
     u.add_argument("--threads", type=int, default=2)
     u.add_argument("--results", default="", help="the results file (default: compression_budget.json)")
     r = sub.add_parser("run", help="run the benchmark")
@@ -1474,27 +1476,14 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(2)
-        build_eval(args)
-    elif args.command == "teachers":
-        compare_teachers(args)
-    elif args.command in ("sentences", "relations"):
-        compare_selection_weights(args, f"{args.command[:-1]}_weight")
-    elif args.command == "questions":
-        compare_question_weights(args)
-    elif args.command == "ceiling":
-        ceiling(args)
-    elif args.command == "student-fit":
-        student_fit(args)
-    elif args.command == "languages":
-        languages(args)
-    elif args.command == "qa-pair":
-        qa_pair(args)
-    elif args.command == "first-call":
-        first_call(args)
-    elif args.command == "budget":
-        budget(args)
-    else:
-        run(args)
+    commands: dict[str, Callable[[argparse.Namespace], None]] = {
+        "build-eval": build_eval, "teachers": compare_teachers, "questions": compare_question_weights,
+        "sentences": lambda a: compare_selection_weights(a, "sentence_weight"),
+        "relations": lambda a: compare_selection_weights(a, "relation_weight"),
+        "ceiling": ceiling, "student-fit": student_fit, "languages": languages, "qa-pair": qa_pair,
+        "first-call": first_call, "budget": budget, "run": run,
+    }
+    commands[args.command](args)
 
 
 if __name__ == "__main__":
