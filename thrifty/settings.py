@@ -166,6 +166,10 @@ class CompressionSettings(BaseModel):
         default=None, ge=1,
         description="a budget for each prompt: compress only prompts over it, only as far as they must be "
         "(rate is then not used, unless a call or alias gives one)")
+    fit_context: bool = Field(
+        default=False,
+        description="compress a prompt that would not fit its model's context window (less max_tokens, or "
+        "1,024 tokens for the answer), only as far as it must, even where compression is not otherwise asked for")
 
 
 class AliasConfig(BaseModel):

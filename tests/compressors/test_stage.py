@@ -185,7 +185,8 @@ def test_bad_options_are_a_400(engine, upstream):
             extra_body={"thrifty": {"compress": {"rate": 2}}})
     assert bad.value.param == "thrifty.compress.rate"  # the key as the caller wrote it
     with pytest.raises(openai.BadRequestError, match=r"unknown thrifty option 'compress.rat'; known options are: "
-                                                     r"force_keep, min_tokens, mode, protect, question, rate, ") as bad:
+                                                     r"fit_context, force_keep, min_tokens, mode, protect, question, "
+                                                     r"rate, relation_weight, roles, sentence_weight, target_tokens") as bad:
         oai(engine, upstream).chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
             extra_body={"thrifty": {"compress": {"rat": 0.5}}})
@@ -312,6 +313,67 @@ def test_a_token_budget_through_the_proxy_and_from_the_settings(tmp_path, upstre
                                    extra_headers={"x-thrifty-options": json.dumps({"compress": {"target_tokens": 0}})})
         assert info.value.body["error"]["type"] == "invalid_request_error"
         assert "target_tokens" in info.value.body["error"]["message"]
+
+
+DOCUMENT = PASSAGE * 90 + "\n\nWhat did the committee agree to ask the city council for?"
+
+
+def test_fit_context_compresses_only_a_prompt_over_its_models_window(tmp_path, upstream, weights):
+    eng = _engine(tmp_path, upstream, weights, fit_context=True)  # compression itself not enabled
+    try:
+        client = oai(eng, upstream)
+
+        def send(text: str, **kw: object) -> list[dict]:
+            client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": text}], **kw)
+            return upstream.requests[-1]["body"]["messages"]
+
+        assert send(LONG, max_tokens=500)[0]["content"] == LONG and savings(eng) == []  # it fits: as written
+        full = _prompt_tokens({"model": "gpt-4", "messages": [{"role": "user", "content": DOCUMENT}]})
+        assert full > 8192  # gpt-4's window, in genai-prices' table
+        sent = send(DOCUMENT, max_tokens=500)
+        tokens = _prompt_tokens({"model": "gpt-4", "messages": sent})
+        assert 0.97 * (8192 - 500) < tokens <= 8192 - 500  # the window less the answer, and only as far as that
+        [row] = savings(eng)
+        detail = row["detail"] if isinstance(row["detail"], dict) else json.loads(row["detail"])
+        assert detail["context_window"] == 8192 and detail["target_tokens"] == 8192 - 500
+        assert row["tokens_before"] == full and row["tokens_after"] == tokens and 0.6 < detail["rate"] < 1
+        # without max_tokens, 1,024 tokens are left for the answer; a call can turn compression off
+        assert _prompt_tokens({"model": "gpt-4", "messages": send(DOCUMENT)}) <= 8192 - 1024
+        assert send(DOCUMENT, extra_body={"thrifty": {"compress": False}})[0]["content"] == DOCUMENT
+        # a model whose window no table gives: nothing to fit
+        client.chat.completions.create(model="canned/house-model", messages=[{"role": "user", "content": DOCUMENT}])
+        assert upstream.requests[-1]["body"]["messages"][0]["content"] == DOCUMENT
+        assert len(savings(eng)) == 2
+    finally:
+        eng.close()
+
+
+@pytest.mark.model
+def test_fit_context_counts_a_local_model_by_its_own_tokenizer(weights):
+    from thrifty.compressors.stage import CompressionStage
+    from thrifty.middleware.context import CallContext, Target
+    from thrifty.middleware.providers.local import LocalProvider
+    from thrifty.middleware.providers.local._provider import _decode_params
+    from thrifty.settings import CompressionSettings, Settings
+    from thrifty.types import Message, Request, TextPart
+
+    provider = LocalProvider(settings=Settings.load().local)
+    stage = CompressionStage(CompressionSettings(model=str(weights), fit_context=True))
+
+    def fit(text: str, max_tokens: int) -> tuple[Request, Request, CallContext]:
+        request = Request(model="smollm2-135m", messages=[Message("user", [TextPart(text)])], max_tokens=max_tokens)
+        ctx = CallContext(entry="proxy", wire="openai", target=Target(provider, "smollm2-135m"))
+        return request, stage.prepare(request, ctx), ctx
+
+    request, fitted, ctx = fit(DOCUMENT, 200)
+    assert provider.context_window("smollm2-135m") == 8192
+    assert provider.estimate_prompt_tokens(request) > 8192  # the model itself would refuse it
+    tokens = provider.estimate_prompt_tokens(fitted)
+    assert 0.97 * (8192 - 200) < tokens <= 8192 - 200
+    _decode_params(fitted, tokens, 8192, "smollm2-135m")  # and now takes it, with room for the answer
+    assert ctx.savings["compression"].detail["target_tokens"] == 8192 - 200
+    request, fitted, ctx = fit(LONG, 200)
+    assert fitted is request and "compression" not in ctx.savings
 
 
 def test_an_alias_can_ask_for_compression(tmp_path, upstream, weights):

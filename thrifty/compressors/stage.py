@@ -24,6 +24,12 @@ protected spans take more), that is what is sent, recorded as
 ``detail["over_target"]``. The chosen rate depends on the whole prompt, so as a
 conversation grows its earlier turns may compress differently from one call to
 the next: a fixed ``rate`` is what keeps a provider's prompt cache matching.
+With ``fit_context`` the target model's context window (its provider's
+:meth:`~thrifty.middleware.providers.base.Provider.context_window`), less the
+request's ``max_tokens`` or :data:`ANSWER_ROOM`, is such a budget as well, also
+for calls that do not otherwise ask for compression. A budget is counted as the
+provider counts the prompt before a call (exactly, for local models), else as
+the ledger does.
 
 Each part is compressed for its question (question-aware allocation, see
 :mod:`thrifty.compressors.lingua`): the ``question`` option's text when the
@@ -64,6 +70,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from thrifty.compressors.base import CompressResult, fit_rate
 from thrifty.compressors.model import use_cache_dir
 from thrifty.errors import LocalModelError, ThriftyError
 from thrifty.middleware.context import CallContext, CompressOptions, Saving, ThriftyOptions
@@ -89,6 +96,9 @@ __all__ = ["CompressionStage"]
 log = logging.getLogger("thrifty.compression")
 
 TECHNIQUE = "compression"
+#: The tokens left for the answer when a prompt is fitted to its context window and the request sets no
+#: ``max_tokens``.
+ANSWER_ROOM = 1024
 #: The longest last paragraph of a compressed user message that is taken as its question.
 QUESTION_WORDS = 64
 _LABELLED = re.compile(r"^[ \t]*question[ \t]*:[ \t]*(\S.*)$", re.IGNORECASE | re.MULTILINE)
@@ -106,6 +116,7 @@ class _Plan:
     relation_weight: float | None  # None: the compressor's own default
     question: str | bool  # a given question; True: each part's question from the messages; False: none
     target_tokens: int | None  # a budget for the prompt (rate is then the most it may keep)
+    fit_context: bool  # the target model's context window, less the answer's room, is a budget too
 
 
 # where a text part sits: (message index, part index, index inside a tool result or -1)
@@ -163,17 +174,24 @@ class CompressionStage(Stage):
     def _plan_for(self, asked: CompressOptions | bool | None) -> _Plan | None:
         """What a call whose ``compress`` option is ``asked`` compresses with, or None for not at all."""
         s = self.settings
+        only_fit = False  # not asked for, but on to fit the context window
         if asked is None:
-            if not s.enabled:
+            if not s.enabled and not s.fit_context:
                 return None
+            only_fit = not s.enabled
             asked = True
         if asked is False:
             return None
         o = asked if isinstance(asked, CompressOptions) else CompressOptions()
-        target_tokens = o.target_tokens if o.target_tokens is not None else s.target_tokens
+        target_tokens = None if only_fit else o.target_tokens if o.target_tokens is not None else s.target_tokens
+        if only_fit:
+            rate = 1.0
+        elif o.rate is not None:
+            rate = o.rate
+        else:  # with a budget, only a rate the call (or its alias) gives caps it
+            rate = s.rate if target_tokens is None else 1.0
         return _Plan(
-            # with a budget, only a rate the call (or its alias) gives caps it
-            rate=o.rate if o.rate is not None else (s.rate if target_tokens is None else 1.0),
+            rate=rate,
             min_tokens=o.min_tokens if o.min_tokens is not None else s.min_tokens,
             force_keep=(*s.force_keep, *o.force_keep),
             protect=(*s.protect, *o.protect),
@@ -183,23 +201,25 @@ class CompressionStage(Stage):
             relation_weight=o.relation_weight if o.relation_weight is not None else s.relation_weight,
             question=o.question if o.question is not None else s.question,
             target_tokens=target_tokens,
+            fit_context=o.fit_context if o.fit_context is not None else s.fit_context,
         )
 
     def _apply(self, request: Request, ctx: CallContext, plan: _Plan) -> Request:
-        from thrifty.compressors.base import CompressResult, fit_rate
         from thrifty.ledger.tokens import count_text
 
         model = ctx.target.model if ctx.target is not None else request.model
-        counted = [(where, text, count_text(text, model)) for where, text in _eligible(request, plan.roles)]
-        found = [(where, text) for where, text, n in counted if plan.min_tokens <= 0 or n >= plan.min_tokens]
-        if not found or (plan.rate >= 1.0 and plan.target_tokens is None):
+        found = [(where, text) for where, text in _eligible(request, plan.roles)
+                 if plan.min_tokens <= 0 or count_text(text, model) >= plan.min_tokens]
+        if not found:
             return request
-        fixed = 0  # with a budget: the prompt's tokens outside the parts compressed
-        if plan.target_tokens is not None:
-            own = sum(n for _, _, n in counted if plan.min_tokens <= 0 or n >= plan.min_tokens)
-            fixed = self._prompt_tokens(request, ctx, model, own) - own
-            if fixed + own <= plan.target_tokens and plan.rate >= 1.0:
-                return request  # within the budget: nothing to do
+        budget, window = plan.target_tokens, None
+        if plan.fit_context:
+            window = _context_window(ctx, model)
+            if window is not None:
+                room = window - (request.max_tokens if request.max_tokens is not None else ANSWER_ROOM)
+                budget = room if budget is None else min(budget, room)
+        if plan.rate >= 1.0 and (budget is None or _measure(request, ctx, model) <= budget):
+            return request  # no rate asked for, and within the budget (if any): nothing to do
         s = self.settings
         t0 = time.perf_counter()
         try:
@@ -214,11 +234,14 @@ class CompressionStage(Stage):
                                             target=model, **extra, **_asked(questions.get(where)))
                         for where, text in found]
 
-            if plan.target_tokens is None:
+            def tokens(results: list[CompressResult]) -> int:
+                return _measure(_replace_texts(request, _texts(found, results)), ctx, model)
+
+            if budget is None:
                 rate, results = plan.rate, compress_at(plan.rate)
             else:  # one rate for every part: the largest at which the prompt fits its budget
-                rate, results = fit_rate(compress_at, lambda rs: fixed + sum(r.tokens_after for r in rs),
-                                         plan.target_tokens, plan.rate)
+                rate, results = fit_rate(compress_at, tokens, budget, plan.rate)
+                over = tokens(results) > budget
         except Exception as exc:
             if not s.fail_open:
                 if isinstance(exc, ThriftyError):
@@ -240,15 +263,16 @@ class CompressionStage(Stage):
             "parts": len(results),
             "question_aware": len(questions), "protected_chars": sum(r.protected_chars for r in results),
             "foreign_chars": sum(r.foreign_chars for r in results)}
-        if plan.target_tokens is not None:
-            detail["target_tokens"] = plan.target_tokens
-            if before - saved > plan.target_tokens:
+        if budget is not None:
+            detail["target_tokens"] = budget
+            if window is not None:
+                detail["context_window"] = window
+            if over:
                 detail["over_target"] = True
-                log.warning("call %s: the prompt compresses to %d tokens at most, over its budget of %d "
-                            "(what is protected or not compressed takes more)", ctx.call_id, before - saved,
-                            plan.target_tokens)
+                log.warning("call %s: the prompt compresses to no fewer tokens than its budget of %d allows "
+                            "(what is protected or not compressed takes more)", ctx.call_id, budget)
         ctx.savings[TECHNIQUE] = Saving(before, before - saved, detail=detail)
-        return _replace_texts(request, {where: r.text for (where, _), r in zip(found, results, strict=True)})
+        return _replace_texts(request, _texts(found, results))
 
     @staticmethod
     def _prompt_tokens(request: Request, ctx: CallContext, model: str, fallback: int) -> int:
@@ -260,6 +284,33 @@ class CompressionStage(Stage):
         except Exception:  # noqa: BLE001 - an estimate; the part counts stand in
             log.debug("could not count the prompt", exc_info=True)
             return fallback
+
+
+def _context_window(ctx: CallContext, model: str) -> int | None:
+    """The target model's context window, where its provider knows it."""
+    if ctx.target is None:
+        return None
+    try:
+        return ctx.target.provider.context_window(model)
+    except Exception:  # noqa: BLE001 - a model that cannot load fails the call later, with its own error
+        log.debug("no context window for %s", model, exc_info=True)
+        return None
+
+
+def _measure(request: Request, ctx: CallContext, model: str) -> int:
+    """The prompt's tokens as its provider counts them before the call (exact for local models), or as
+    the ledger estimates them."""
+    if ctx.target is not None:
+        exact = ctx.target.provider.estimate_prompt_tokens(request)
+        if exact is not None:
+            return exact
+    from thrifty.ledger.tokens import count_prompt
+
+    return count_prompt(request, model, ctx.target.provider.kind if ctx.target is not None else "").n
+
+
+def _texts(found: list[tuple[_Where, str]], results: list[CompressResult]) -> dict[_Where, str]:
+    return {where: r.text for (where, _), r in zip(found, results, strict=True)}
 
 
 def _has_marker(part: Part) -> bool:

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from genai_prices.data_snapshot import DataSnapshot
     from genai_prices.types import ModelInfo, Provider
 
-__all__ = ["Price", "price", "price_table_version", "worst_case_cost"]
+__all__ = ["Price", "context_window", "price", "price_table_version", "worst_case_cost"]
 
 SOURCE_GENAI_PRICES = "genai-prices"
 SOURCE_LOCAL = "local"
@@ -129,6 +129,13 @@ def worst_case_cost(
     """
     usage = Usage(input_tokens=prompt_tokens, output_tokens=max_output_tokens)
     return price(usage, model, pricing_id=pricing_id, is_local=is_local).cost_usd
+
+
+def context_window(model: str, *, pricing_id: str | None) -> int | None:
+    """``model``'s context window in tokens, as genai-prices' table gives it, or ``None`` where it does not."""
+    entry = _lookup(model, pricing_id)
+    window = None if entry is None else entry.model.context_window
+    return window if isinstance(window, int) and window > 0 else None
 
 
 def price_table_version() -> str:

@@ -51,7 +51,8 @@ class CompressOptions(BaseModel):
     (see :mod:`thrifty.compressors.stage`);
     ``target_tokens`` a budget for the whole prompt: compressed only when it is
     over, and only as far as it must be (``rate``, when given too, is the most
-    it may keep).
+    it may keep); ``fit_context`` the same for the target model's context
+    window, less the answer's room.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -66,6 +67,7 @@ class CompressOptions(BaseModel):
     relation_weight: float | None = Field(default=None, ge=0, le=100)
     question: str | bool | None = None
     target_tokens: int | None = Field(default=None, ge=1)
+    fit_context: StrictBool | None = None
 
     @field_validator("protect")
     @classmethod

@@ -49,6 +49,13 @@ class Provider(abc.ABC):
         """A pre-call count of the prompt tokens, or None when the provider cannot count."""
         return None
 
+    def context_window(self, model: str) -> int | None:
+        """How many tokens ``model`` takes, prompt and answer together, or None when unknown: by
+        default what genai-prices' table says for the model under this provider's pricing id."""
+        from thrifty.ledger.pricing import context_window
+
+        return context_window(model, pricing_id=self.pricing_id)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 

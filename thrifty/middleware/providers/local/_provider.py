@@ -116,6 +116,13 @@ class LocalProvider(Provider):
             return None
         return len(render_prompt(loaded.tokenizer, request, loaded.name))
 
+    def context_window(self, model: str) -> int | None:
+        """The model's own context length, or None if it can't load."""
+        try:
+            return self._model(model).info.context_length
+        except LocalModelError:
+            return None
+
     # ------------------------------------------------------------------ sync
 
     def send(self, request: Request, ctx: CallContext) -> Response | EventStream:
