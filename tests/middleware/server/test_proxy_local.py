@@ -166,3 +166,23 @@ def test_the_proxy_loads_the_default_model_as_it_starts(tmp_path):
         assert len(loaded) == 1 and ":smollm2-135m-" in loaded[0] and proxy.rows() == []  # before any call
         client = openai.OpenAI(base_url=proxy.openai_url, api_key="unused", max_retries=0)
         assert client.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=2).choices
+
+
+@pytest.mark.slow
+def test_a_prompt_too_long_for_the_local_model_is_fitted_and_answered(local_proxy):
+    """fit_context against the real model's window: refused as written, answered once fitted (the shipped
+    compressor, the model's own token count)."""
+    passage = ("The committee met on Tuesday to review the budget. Members discussed the rising cost of "
+               "repairs to the old library's roof and heating, and agreed to ask the city council for more money. ")
+    messages = [{"role": "user", "content": passage * 260 + "\n\nWhat will the committee ask the city council for?"}]
+    client = openai.OpenAI(base_url=local_proxy.openai_url, api_key="unused", max_retries=0)
+    # a large max_tokens leaves a small window for the prompt, and a stop at the first space a short answer
+    with pytest.raises(openai.BadRequestError, match="context window of 8192 tokens; shorten the messages"):
+        client.chat.completions.create(model="local/smollm2-135m", messages=messages, max_tokens=6000)
+    before = len(local_proxy.rows())
+    r = client.chat.completions.create(model="local/smollm2-135m", messages=messages, max_tokens=6000, stop=[" "],
+                                       temperature=0, extra_body={"thrifty": {"compress": {"fit_context": True}}})
+    assert r.choices[0].finish_reason == "stop"
+    assert 0.97 * (8192 - 6000) < r.usage.prompt_tokens <= 8192 - 6000
+    [row] = new_rows(local_proxy, before, 1)
+    assert row["status"] == "ok" and row["input_tokens"] == r.usage.prompt_tokens and row["tokens_saved"] > 5000
