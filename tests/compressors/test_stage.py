@@ -11,6 +11,8 @@ import httpx2
 import openai
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import thrifty
 from tests.compressors.conftest import PASSAGE
@@ -348,6 +350,19 @@ def test_fit_context_compresses_only_a_prompt_over_its_models_window(tmp_path, u
         eng.close()
 
 
+@given(st.lists(st.tuples(st.sampled_from(["system", "user", "assistant"]), st.text(max_size=40)), min_size=1,
+                max_size=4))
+@settings(max_examples=300, deadline=None)
+def test_a_prompt_is_taken_as_within_its_budget_unmeasured_only_where_it_is(messages):
+    from thrifty.compressors.stage import _surely_within
+    from thrifty.ledger.tokens import count_prompt
+    from thrifty.types import Message, Request, TextPart
+
+    request = Request(model="gpt-4o-mini", messages=[Message(role, [TextPart(text)]) for role, text in messages])
+    n = count_prompt(request, "gpt-4o-mini", "openai").n
+    assert not _surely_within(request, n - 1)
+
+
 @pytest.mark.model
 def test_fit_context_counts_a_local_model_by_its_own_tokenizer(weights):
     from thrifty.compressors.stage import CompressionStage
@@ -374,6 +389,12 @@ def test_fit_context_counts_a_local_model_by_its_own_tokenizer(weights):
     assert ctx.savings["compression"].detail["target_tokens"] == 8192 - 200
     request, fitted, ctx = fit(LONG, 200)
     assert fitted is request and "compression" not in ctx.savings
+    # a prompt is taken as within a budget without counting only where the model's own count agrees
+    from thrifty.compressors.stage import _surely_within
+
+    for text in ("", "a", "ﬁ ﬂ ﬃ " * 20, "漢字かな交じり文 " * 30, "🙂👍🏽🇫🇷 " * 30, "\u0301\u200b\ufeff" * 40, LONG):
+        request = Request(model="smollm2-135m", messages=[Message("user", [TextPart(text)])])
+        assert not _surely_within(request, provider.estimate_prompt_tokens(request) - 1), text
 
 
 def test_an_alias_can_ask_for_compression(tmp_path, upstream, weights):

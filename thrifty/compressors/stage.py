@@ -99,6 +99,10 @@ TECHNIQUE = "compression"
 #: The tokens left for the answer when a prompt is fitted to its context window and the request sets no
 #: ``max_tokens``.
 ANSWER_ROOM = 1024
+#: More than the tokens a message's role and framing take in a count or a chat template (OpenAI's: 4-5;
+#: a local model's: a few special tokens, and a default system prompt of some twenty tokens), for a bound
+#: on a prompt's tokens from its length.
+_FRAMING_TOKENS = 32
 #: The longest last paragraph of a compressed user message that is taken as its question.
 QUESTION_WORDS = 64
 _LABELLED = re.compile(r"^[ \t]*question[ \t]*:[ \t]*(\S.*)$", re.IGNORECASE | re.MULTILINE)
@@ -208,18 +212,19 @@ class CompressionStage(Stage):
         from thrifty.ledger.tokens import count_text
 
         model = ctx.target.model if ctx.target is not None else request.model
-        found = [(where, text) for where, text in _eligible(request, plan.roles)
-                 if plan.min_tokens <= 0 or count_text(text, model) >= plan.min_tokens]
-        if not found:
-            return request
         budget, window = plan.target_tokens, None
         if plan.fit_context:
             window = _context_window(ctx, model)
             if window is not None:
                 room = window - (request.max_tokens if request.max_tokens is not None else ANSWER_ROOM)
                 budget = room if budget is None else min(budget, room)
-        if plan.rate >= 1.0 and (budget is None or _measure(request, ctx, model) <= budget):
+        if plan.rate >= 1.0 and (budget is None or _surely_within(request, budget)
+                                 or _measure(request, ctx, model) <= budget):
             return request  # no rate asked for, and within the budget (if any): nothing to do
+        found = [(where, text) for where, text in _eligible(request, plan.roles)
+                 if plan.min_tokens <= 0 or count_text(text, model) >= plan.min_tokens]
+        if not found:
+            return request
         s = self.settings
         t0 = time.perf_counter()
         try:
@@ -295,6 +300,24 @@ def _context_window(ctx: CallContext, model: str) -> int | None:
     except Exception:  # noqa: BLE001 - a model that cannot load fails the call later, with its own error
         log.debug("no context window for %s", model, exc_info=True)
         return None
+
+
+def _surely_within(request: Request, budget: int) -> bool:
+    """Whether a prompt of plain text messages is within ``budget`` by its UTF-8 bytes alone (no token
+    is shorter than a byte; :data:`_FRAMING_TOKENS` more for the prompt and each message, for roles,
+    framing and a chat template's own text), so that the common prompt, far under its model's
+    window, is not tokenized to find out."""
+    if request.tools:
+        return False
+    n = 2 * _FRAMING_TOKENS
+    for message in request.messages:
+        if not all(type(part) is TextPart for part in message.content):
+            return False
+        n += _FRAMING_TOKENS + len((message.name or "").encode("utf-8", "surrogatepass"))
+        n += sum(len(p.text.encode("utf-8", "surrogatepass")) for p in message.content)
+        if n > budget:
+            return False
+    return True
 
 
 def _measure(request: Request, ctx: CallContext, model: str) -> int:
