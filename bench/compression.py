@@ -1352,12 +1352,39 @@ def budget(args: argparse.Namespace) -> None:
                              "min_fill": round(min(fill), 4), "mean_rate": round(statistics.mean(rates), 4)}
         print(f"  budget {share:g} of each of {len(rows)} passages: met {met}, tokens used of the budget "
               f"{statistics.mean(fill):.1%} on average (least {min(fill):.1%}), mean rate {statistics.mean(rates):.3f}")
+    within = fit_check_ms(rows)
+    for label, ms in within.items():
+        print(f"  fit_context, a prompt within its window ({label}): {ms:.4f} ms per call")
     write_results({"machine": machine(), "mode": args.mode, "precision": compressor.precision,
                    "prompt_tokens": tokens, "repeats": args.repeats,
                    "command": f"python bench/compression.py budget --mode {args.mode} --repeats {args.repeats} "
                               f"--prompt-tokens {args.prompt_tokens}",
                    "ms_per_1k": speed, "compressions": {k: statistics.median(v) for k, v in rounds.items()},
-                   "fit": fit}, args.results, "compression_budget.json")
+                   "fit": fit, "fit_context_within_ms": within}, args.results, "compression_budget.json")
+
+
+def fit_check_ms(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """What ``fit_context`` costs a call whose prompt is within its model's window (the common case):
+    the compression stage's ``prepare`` on gpt-4o-mini (128,000 tokens), best of five rounds of 200."""
+    from thrifty.compressors.stage import CompressionStage
+    from thrifty.middleware.context import CallContext, Target
+    from thrifty.middleware.providers.base import build_provider
+    from thrifty.settings import CompressionSettings, Settings
+    from thrifty.types import Message, Request, TextPart
+
+    settings = Settings.load(providers={"openai": {"kind": "openai", "base_url": "http://127.0.0.1:9",
+                                                   "api_key": "unused"}})
+    target = Target(build_provider("openai", settings.providers["openai"], settings), "gpt-4o-mini")
+    stage = CompressionStage(CompressionSettings(fit_context=True))
+    out: dict[str, float] = {}
+    for label, tokens in (("2k tokens", 2_000), ("20k tokens", 20_000), ("100k tokens", 100_000)):
+        text = speed_prompt(rows, tokens)
+        request = Request(model="gpt-4o-mini", messages=[Message("system", [TextPart("Answer briefly.")]),
+                                                         Message("user", [TextPart(text)])])
+        ctx = CallContext(entry="wrapper", wire="openai", target=target)
+        best = min(_timed(lambda r=request, c=ctx: stage.prepare(r, c), 200) for _ in range(5))
+        out[label] = round(best * 1000, 4)
+    return out
 
 
 def keep_rates(value: str) -> tuple[float, ...]:
