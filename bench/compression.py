@@ -1365,7 +1365,7 @@ def budget(args: argparse.Namespace) -> None:
 
 def fit_check_ms(rows: list[dict[str, Any]]) -> dict[str, float]:
     """What ``fit_context`` costs a call whose prompt is within its model's window (the common case):
-    the compression stage's ``prepare`` on gpt-4o-mini (128,000 tokens), best of five rounds of 200."""
+    the compression stage's ``prepare`` on gpt-4o-mini (128,000 tokens), best of five rounds of 20."""
     from thrifty.compressors.stage import CompressionStage
     from thrifty.middleware.context import CallContext, Target
     from thrifty.middleware.providers.base import build_provider
@@ -1382,7 +1382,7 @@ def fit_check_ms(rows: list[dict[str, Any]]) -> dict[str, float]:
         request = Request(model="gpt-4o-mini", messages=[Message("system", [TextPart("Answer briefly.")]),
                                                          Message("user", [TextPart(text)])])
         ctx = CallContext(entry="wrapper", wire="openai", target=target)
-        best = min(_timed(lambda r=request, c=ctx: stage.prepare(r, c), 200) for _ in range(5))
+        best = min(_timed(lambda r=request, c=ctx: stage.prepare(r, c), 20) for _ in range(5))
         out[label] = round(best * 1000, 4)
     return out
 
