@@ -17,12 +17,13 @@ import inspect
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from thrifty.errors import InvalidRequestError
 
 __all__ = [
     "CompressResult",
+    "Fit",
     "Progress",
     "TextCompressor",
     "compress",
@@ -185,23 +186,30 @@ def check_target_tokens(value: Any, param: str = "target_tokens") -> int | None:
     return value
 
 
+class Fit(NamedTuple, Generic[T]):
+    """What :func:`fit_rate` chose: the rate, what compressing at it gave, and its tokens."""
+
+    rate: float
+    result: T
+    tokens: int
+
+
 def fit_rate(compress_at: Callable[[float], T], tokens: Callable[[T], int], budget: int,
-             ceiling: float = 1.0) -> tuple[float, T]:
+             ceiling: float = 1.0) -> Fit[T]:
     """The largest rate, in hundredths from 0.02 up to ``ceiling``, at which what ``compress_at(rate)``
-    returns has at most ``budget`` ``tokens``, and that result; where none has, the rate tried that
-    left the fewest.
+    returns has at most ``budget`` ``tokens``; where none has, the rate tried that left the fewest.
 
     The tokens left grow with the rate (a higher rate keeps a superset of the words), so a bisection
     finds it in about seven compressions, each of which reuses the model's scores of the first.
     (0.01 is left out: under ``llmlingua``'s rule its threshold is each chunk's highest score, which
     keeps nothing, so the text would come back whole.)
     """
-    tried: dict[int, tuple[int, T]] = {}
+    tried: dict[int, Fit[T]] = {}
 
     def fits(step: int) -> bool:
         result = compress_at(step / RATE_STEPS)
-        tried[step] = (tokens(result), result)
-        return tried[step][0] <= budget
+        tried[step] = Fit(step / RATE_STEPS, result, tokens(result))
+        return tried[step].tokens <= budget
 
     top = max(MIN_STEP, min(RATE_STEPS, int(ceiling * RATE_STEPS + 1e-9)))
     good, over = MIN_STEP - 1, top  # the largest step known to fit, the smallest known not to
@@ -214,8 +222,8 @@ def fit_rate(compress_at: Callable[[float], T], tokens: Callable[[T], int], budg
         else:
             over = mid
     if good < MIN_STEP:
-        good = min(tried, key=lambda step: (tried[step][0], step))
-    return good / RATE_STEPS, tried[good][1]
+        good = min(tried, key=lambda step: (tried[step].tokens, step))
+    return tried[good]
 
 
 def compress_to(compress_at: Callable[[float], CompressResult], rate: float | None = None,
@@ -225,7 +233,7 @@ def compress_to(compress_at: Callable[[float], CompressResult], rate: float | No
     if target_tokens is None:
         return compress_at(0.5 if rate is None else rate)
     ceiling = 1.0 if rate is None else _check_ceiling(rate)
-    chosen, result = fit_rate(compress_at, lambda r: r.tokens_after, target_tokens, ceiling)
+    chosen, result, _ = fit_rate(compress_at, lambda r: r.tokens_after, target_tokens, ceiling)
     skipped = "fits" if chosen >= 1.0 and result.skipped == "rate" else result.skipped
     return dataclasses.replace(result, target_tokens=target_tokens, skipped=skipped)
 

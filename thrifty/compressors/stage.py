@@ -48,16 +48,16 @@ It records ``ctx.savings["compression"]``: tokens of the prompt before and
 after (counted with the target model's tokenizer, an estimate for non-OpenAI
 models), and in ``detail`` the compressor, its version, the mode, the
 precision its model ran in (``float32``, ``bfloat16`` or ``int8``), the rate
-(and ``target_tokens`` where a budget chose it), the compression time in ms,
-the number of parts compressed, how many of them were compressed for a
+(and, where a budget chose it, ``target_tokens``, ``context_window`` where
+that set it, and ``over_target`` where it was not met), the compression time
+in ms, the number of parts compressed, how many of them were compressed for a
 question (``question_aware``) and how many of their characters were kept
 byte for byte (``protected_chars``: code, numbers, URLs..., paragraphs in
 languages the model does not know), of which ``foreign_chars`` kept only for
-their paragraph's language; the recorder
-prices the saved tokens at the model's input price. A compressor failure
-sends the call on uncompressed (recorded as ``detail["error"]``) unless
-``fail_open = false``, when the call fails with
-:class:`~thrifty.errors.LocalModelError`.
+their paragraph's language; the recorder prices the saved tokens at the
+model's input price. A compressor failure sends the call on uncompressed
+(recorded as ``detail["error"]``) unless ``fail_open = false``, when the call
+fails with :class:`~thrifty.errors.LocalModelError`.
 """
 
 from __future__ import annotations
@@ -242,11 +242,12 @@ class CompressionStage(Stage):
             def tokens(results: list[CompressResult]) -> int:
                 return _measure(_replace_texts(request, _texts(found, results)), ctx, model)
 
+            over = False
             if budget is None:
                 rate, results = plan.rate, compress_at(plan.rate)
             else:  # one rate for every part: the largest at which the prompt fits its budget
-                rate, results = fit_rate(compress_at, tokens, budget, plan.rate)
-                over = tokens(results) > budget
+                rate, results, left = fit_rate(compress_at, tokens, budget, plan.rate)
+                over = left > budget
         except Exception as exc:
             if not s.fail_open:
                 if isinstance(exc, ThriftyError):
