@@ -176,13 +176,13 @@ def load_compressor(name: str = "llmlingua2", *, mode: str = "fast", model: str 
     return found
 
 
-def check_target_tokens(value: Any, param: str = "target_tokens") -> int | None:
+def _check_target_tokens(value: Any) -> int | None:
     """``value`` as a token budget (a whole number of at least 1), or ``None``; else a clear error."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidRequestError(f"{param} must be a whole number of tokens of at least 1, got {value!r}",
-                                  param=param)
+        raise InvalidRequestError(f"target_tokens must be a whole number of tokens of at least 1, got {value!r}",
+                                  param="target_tokens")
     return value
 
 
@@ -232,17 +232,22 @@ def compress_to(compress_at: Callable[[float], CompressResult], rate: float | No
     picks for that budget, with ``rate`` the most it may keep (see :func:`compress`)."""
     if target_tokens is None:
         return compress_at(0.5 if rate is None else rate)
-    ceiling = 1.0 if rate is None else _check_ceiling(rate)
+    ceiling = 1.0 if rate is None else check_rate(rate)
     chosen, result, _ = fit_rate(compress_at, lambda r: r.tokens_after, target_tokens, ceiling)
     skipped = "fits" if chosen >= 1.0 and result.skipped == "rate" else result.skipped
     return dataclasses.replace(result, target_tokens=target_tokens, skipped=skipped)
 
 
-def _check_ceiling(rate: Any) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 1:
-        raise InvalidRequestError(f"rate must be a number in (0, 1] (the share of tokens to keep), got {rate!r}",
+def check_rate(rate: Any) -> float:
+    """``rate`` as a share of tokens to keep, in (0, 1]; else a clear error."""
+    try:
+        value = float(rate)
+    except (TypeError, ValueError):
+        raise InvalidRequestError(f"rate must be a number in (0, 1], got {rate!r}", param="rate") from None
+    if not 0.0 < value <= 1.0:
+        raise InvalidRequestError(f"rate must be in (0, 1] (the share of tokens to keep), got {rate!r}",
                                   param="rate")
-    return float(rate)
+    return value
 
 
 def compress(
@@ -281,7 +286,7 @@ def compress(
     the text is context for, keeps the sentences relevant to it (compressors that take no question
     are called without it).
     """
-    target_tokens = check_target_tokens(target_tokens)
+    target_tokens = _check_target_tokens(target_tokens)
     impl = load_compressor(compressor, mode=mode, model=model, precision=precision)
     extra = {} if question is None else {"question": question}
 

@@ -114,7 +114,7 @@ from thrifty.compressors._scripts import (
     in_blocks,
     is_spaceless,
 )
-from thrifty.compressors.base import CompressResult, Progress
+from thrifty.compressors.base import CompressResult, Progress, check_rate
 from thrifty.compressors.model import PRECISIONS, LoadedModel, fast_precision, fast_variant_dir, load_model
 from thrifty.compressors.protect import merge_spans, protected_spans
 from thrifty.compressors.question import sentence_relevance
@@ -288,7 +288,7 @@ class Compressor:
     ) -> CompressResult:
         """Keep about ``rate`` of the compressible tokens of ``text`` (see the module docstring),
         favouring the sentences relevant to ``question`` when one is given."""
-        rate = _check_rate(rate)
+        rate = check_rate(rate)
         weight = _check_weight(sentence_weight, "sentence_weight", SENTENCE_WEIGHT)
         relation = _check_weight(relation_weight, "relation_weight", RELATION_WEIGHT)
         if not isinstance(text, str):
@@ -323,7 +323,7 @@ class Compressor:
     ) -> KeepDecisions:
         """The per-word keep decisions for ``text`` (built-in protection off by default, as in ``llmlingua``;
         ``sentence_weight=0``, ``relation_weight=0`` and no ``question`` for ``llmlingua``'s selection)."""
-        rate = _check_rate(rate)
+        rate = check_rate(rate)
         a = self._score(text, force_keep, patterns, protect, None,
                         _check_weight(sentence_weight, "sentence_weight", SENTENCE_WEIGHT),
                         _check_weight(relation_weight, "relation_weight", RELATION_WEIGHT),
@@ -600,17 +600,6 @@ def _check_question(question: str | None) -> str | None:
     if not isinstance(question, str):
         raise InvalidRequestError(f"question must be a string, got {type(question).__name__}", param="question")
     return question if question.strip() else None
-
-
-def _check_rate(rate: float) -> float:
-    try:
-        value = float(rate)
-    except (TypeError, ValueError):
-        raise InvalidRequestError(f"rate must be a number in (0, 1], got {rate!r}", param="rate") from None
-    if not 0.0 < value <= 1.0:
-        raise InvalidRequestError(f"rate must be in (0, 1] (the share of tokens to keep), got {rate!r}",
-                                  param="rate")
-    return value
 
 
 def _encodable(text: str) -> str:
