@@ -23,8 +23,10 @@ _SKIPPED = {"empty": "no text", "rate": "rate 1", "fits": "within the budget alr
 @click.option("--rate", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Share of the compressible tokens to keep (default 0.5; with --target-tokens, the most to keep).")
 @click.option("--target-tokens", type=click.IntRange(1), default=None, metavar="N",
-              help="Compress only as far as needed to fit in N tokens (gpt-4o's tokenizer): the largest rate, "
+              help="Compress only as far as needed to fit in N tokens of the target model: the largest rate, "
                    "in hundredths, that fits.")
+@click.option("--target", default="gpt-4o", show_default=True, metavar="MODEL",
+              help="The model whose tokenizer counts the tokens (exact for OpenAI models, an estimate for others).")
 @click.option("--mode", type=click.Choice(get_args(CompressionMode)), default="fast", show_default=True,
               help="fast: the model in whichever of float32, bfloat16 and int8 is fastest here (measured once); "
                    "exact: the model in float32, llmlingua's decisions; "
@@ -49,7 +51,7 @@ _SKIPPED = {"empty": "no text", "rate": "rate 1", "fits": "within the budget alr
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True), default="-",
               show_default=True, help="Where to write the compressed text.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary line on stderr.")
-def compress(file: str, rate: float | None, target_tokens: int | None, mode: str, model: str | None,
+def compress(file: str, rate: float | None, target_tokens: int | None, target: str, mode: str, model: str | None,
              precision: str, force_keep: tuple[str, ...], protect: tuple[str, ...], sentence_weight: float | None,
              relation_weight: float | None, question: str | None, no_default_protection: bool, output: str,
              quiet: bool) -> None:
@@ -98,7 +100,7 @@ def compress(file: str, rate: float | None, target_tokens: int | None, mode: str
             bar.update(done - bar.pos)
 
         def compress_at(at: float) -> CompressResult:
-            return compressor.compress(text, at, force_keep=force_keep, patterns=protect,
+            return compressor.compress(text, at, force_keep=force_keep, patterns=protect, target=target,
                                        protect=not no_default_protection, progress=progress,
                                        sentence_weight=sentence_weight, relation_weight=relation_weight,
                                        question=question)

@@ -138,5 +138,9 @@ def test_target_tokens_option(tmp_path, weights):
     over = run(str(src), "--target-tokens", "5", "--model", str(weights))
     assert over.exit_code == 0 and re.search(r"rate 0\.0\d, over the budget of 5: what is protected", over.stderr)
     assert len(over.stdout) < 0.2 * len(PASSAGE * 4)
+    # counted with another model's tokenizer: gpt-4's cl100k_base
+    full4 = Compressor.load("exact", str(weights)).compress(PASSAGE * 4, 1.0, target="gpt-4").tokens_before
+    other = run(str(src), "--target-tokens", str(full4 // 2), "--target", "gpt-4", "--model", str(weights))
+    assert int(re.search(r"-> (\d+) tokens", other.stderr).group(1)) <= full4 // 2
     bad = run(str(src), "--target-tokens", "0", "--model", str(weights))
     assert bad.exit_code == 2 and "--target-tokens" in bad.output
