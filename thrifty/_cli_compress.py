@@ -50,11 +50,14 @@ _SKIPPED = {"empty": "no text", "rate": "rate 1", "fits": "within the budget alr
                    "citations, dates, e-mails and quotes.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True), default="-",
               show_default=True, help="Where to write the compressed text.")
+@click.option("--show-dropped", is_flag=True,
+              help="Write the original text with each run of dropped words marked [-like this-], to see what "
+                   "the compression takes out.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary line on stderr.")
 def compress(file: str, rate: float | None, target_tokens: int | None, target: str, mode: str, model: str | None,
              precision: str, force_keep: tuple[str, ...], protect: tuple[str, ...], sentence_weight: float | None,
              relation_weight: float | None, question: str | None, no_default_protection: bool, output: str,
-             quiet: bool) -> None:
+             show_dropped: bool, quiet: bool) -> None:
     """Compress the text in FILE ('-' for standard input) to about RATE of its tokens, or to fit in
     the token budget N.
 
@@ -110,9 +113,15 @@ def compress(file: str, rate: float | None, target_tokens: int | None, target: s
         finally:
             if bar is not None:
                 bar.__exit__(None, None, None)
+        shown = result.text
+        if show_dropped and result.skipped is None:
+            decisions = compressor.keep_decisions(
+                text, result.rate, protect=not no_default_protection, force_keep=force_keep, patterns=protect,
+                sentence_weight=sentence_weight, relation_weight=relation_weight, question=question)
+            shown = _mark_dropped(text, decisions.starts[~decisions.keep], decisions.ends[~decisions.keep])
     except ThriftyError as exc:
         raise click.ClickException(f"{name}: {exc}") from None
-    payload = result.text.encode("utf-8", errors="surrogateescape")
+    payload = shown.encode("utf-8", errors="surrogateescape")
     try:
         if output == "-":
             sys.stdout.buffer.write(payload)
@@ -139,3 +148,24 @@ def compress(file: str, rate: float | None, target_tokens: int | None, target: s
             f"({kept}, {result.mode} in {compressor.precision}, {(time.perf_counter() - started):.2f} s)",
             err=True,
         )
+
+
+def _mark_dropped(text: str, starts: Any, ends: Any) -> str:
+    """``text`` with each run of the dropped words (character spans ``starts``-``ends``, in order) that
+    only whitespace separates written as ``[-run-]``."""
+    out: list[str] = []
+    pos = 0
+    run_start = run_end = -1
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        if run_start >= 0 and not text[run_end:start].strip():
+            run_end = end
+            continue
+        if run_start >= 0:
+            out += [text[pos:run_start], "[-", text[run_start:run_end], "-]"]
+            pos = run_end
+        run_start, run_end = start, end
+    if run_start >= 0:
+        out += [text[pos:run_start], "[-", text[run_start:run_end], "-]"]
+        pos = run_end
+    out.append(text[pos:])
+    return "".join(out)

@@ -144,3 +144,24 @@ def test_target_tokens_option(tmp_path, weights):
     assert int(re.search(r"-> (\d+) tokens", other.stderr).group(1)) <= full4 // 2
     bad = run(str(src), "--target-tokens", "0", "--model", str(weights))
     assert bad.exit_code == 2 and "--target-tokens" in bad.output
+
+
+def test_show_dropped_marks_what_the_compression_takes_out(tmp_path, weights):
+    src = tmp_path / "notes.txt"
+    text = PASSAGE * 2 + "Ticket OPS-2291 is not closed."
+    src.write_text(text, encoding="utf-8")
+    plain = run(str(src), "--rate", "0.4", "--mode", "exact", "--model", str(weights), "-q").stdout
+    shown = run(str(src), "--rate", "0.4", "--mode", "exact", "--model", str(weights), "-q", "--show-dropped").stdout
+    marked = re.findall(r"\[-(.*?)-\]", shown, flags=re.S)
+    assert marked and re.sub(r"\[-|-\]", "", shown) == text  # the original, only marked
+    assert not any("OPS-2291" in m or "not" in m.split() for m in marked)  # protected spans are never marked
+
+    def words(s: str) -> list[str]:
+        return re.findall(r"\w+|[^\w\s]", s)
+
+    assert words(re.sub(r"\[-.*?-\]", " ", shown, flags=re.S)) == words(plain)  # what is left is the output
+    # with a budget, the rate it chose; a text left as it was has nothing marked
+    fitted = run(str(src), "--target-tokens", "60", "--mode", "exact", "--model", str(weights), "-q",
+                 "--show-dropped").stdout
+    assert "[-" in fitted and re.sub(r"\[-|-\]", "", fitted) == text
+    assert run(str(src), "--rate", "1", "--model", str(weights), "-q", "--show-dropped").stdout == text
