@@ -363,6 +363,17 @@ def test_a_prompt_is_taken_as_within_its_budget_unmeasured_only_where_it_is(mess
     assert not _surely_within(request, n - 1)
 
 
+def test_a_prompt_with_tools_or_a_schema_is_always_measured():
+    from thrifty.compressors.stage import _surely_within
+    from thrifty.types import Message, Request, ResponseFormat, TextPart, Tool
+
+    plain = Request(model="gpt-4o-mini", messages=[Message("user", [TextPart("hi")])])
+    assert _surely_within(plain, 1_000)
+    schema = {"type": "object", "properties": {f"field_{i}": {"type": "string"} for i in range(300)}}
+    assert not _surely_within(plain.replace(tools=[Tool("lookup", "", schema)]), 1_000)
+    assert not _surely_within(plain.replace(response_format=ResponseFormat("json_schema", schema, "out")), 1_000)
+
+
 @pytest.mark.model
 def test_fit_context_counts_a_local_model_by_its_own_tokenizer(weights):
     from thrifty.compressors.stage import CompressionStage

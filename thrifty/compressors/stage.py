@@ -308,7 +308,7 @@ def _surely_within(request: Request, budget: int) -> bool:
     is shorter than a byte; :data:`_FRAMING_TOKENS` more for the prompt and each message, for roles,
     framing and a chat template's own text), so that the common prompt, far under its model's
     window, is not tokenized to find out."""
-    if request.tools:
+    if request.tools or request.response_format is not None:  # counted too, and not bounded here
         return False
     n = 2 * _FRAMING_TOKENS
     for message in request.messages:
