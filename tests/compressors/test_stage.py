@@ -374,6 +374,35 @@ def test_a_prompt_with_tools_or_a_schema_is_always_measured():
     assert not _surely_within(plain.replace(response_format=ResponseFormat("json_schema", schema, "out")), 1_000)
 
 
+def test_a_prompt_its_provider_cannot_count_is_sent_as_written(weights, caplog):
+    from thrifty.compressors.stage import CompressionStage
+    from thrifty.middleware.context import CallContext, Target
+    from thrifty.middleware.providers.base import Provider
+    from thrifty.settings import CompressionSettings
+    from thrifty.types import Message, Request, TextPart
+
+    class Uncountable(Provider):
+        kind = "uncountable"
+
+        def send(self, request, ctx):
+            raise AssertionError("not called")
+
+        async def asend(self, request, ctx):
+            raise AssertionError("not called")
+
+        def estimate_prompt_tokens(self, request):
+            raise RuntimeError("the tokenizer is gone")
+
+        def context_window(self, model):
+            return 1_000
+
+    stage = CompressionStage(CompressionSettings(model=str(weights), fit_context=True))
+    request = Request(model="m", messages=[Message("user", [TextPart(DOCUMENT)])])
+    ctx = CallContext(entry="proxy", wire="openai", target=Target(Uncountable("u"), "m"))
+    assert stage.prepare(request, ctx) is request and "compression" not in ctx.savings
+    assert "could not count the prompt" in caplog.text
+
+
 @pytest.mark.model
 def test_fit_context_counts_a_local_model_by_its_own_tokenizer(weights):
     from thrifty.compressors.stage import CompressionStage

@@ -218,8 +218,7 @@ class CompressionStage(Stage):
             if window is not None:
                 room = window - (request.max_tokens if request.max_tokens is not None else ANSWER_ROOM)
                 budget = room if budget is None else min(budget, room)
-        if plan.rate >= 1.0 and (budget is None or _surely_within(request, budget)
-                                 or _measure(request, ctx, model) <= budget):
+        if plan.rate >= 1.0 and (budget is None or _within(request, ctx, model, budget)):
             return request  # no rate asked for, and within the budget (if any): nothing to do
         found = [(where, text) for where, text in _eligible(request, plan.roles)
                  if plan.min_tokens <= 0 or count_text(text, model) >= plan.min_tokens]
@@ -301,6 +300,19 @@ def _context_window(ctx: CallContext, model: str) -> int | None:
     except Exception:  # noqa: BLE001 - a model that cannot load fails the call later, with its own error
         log.debug("no context window for %s", model, exc_info=True)
         return None
+
+
+def _within(request: Request, ctx: CallContext, model: str, budget: int) -> bool:
+    """Whether the prompt is within ``budget`` (where it cannot be counted, it is taken as within: sent
+    as written, as a compressor failure would send it)."""
+    if _surely_within(request, budget):
+        return True
+    try:
+        return _measure(request, ctx, model) <= budget
+    except Exception:  # noqa: BLE001 - an estimate that failed must not fail the call
+        log.warning("could not count the prompt of call %s against its budget; sent as written", ctx.call_id,
+                    exc_info=True)
+        return True
 
 
 def _surely_within(request: Request, budget: int) -> bool:
