@@ -45,9 +45,9 @@ _SKIPPED = {"empty": "no text", "rate": "rate 1", "fits": "within the budget alr
 @click.option("--question", default=None, metavar="TEXT",
               help="The question the text is context for: the sentences relevant to it are kept.")
 @click.option("--no-default-protection", is_flag=True,
-              help="Do not protect code, JSON, URLs, numbers, IDs, names, paths, options, stack traces, "
-                   "diffs, tables, configuration, CSV, SQL, markup, mathematics, speakers, negations, "
-                   "citations, dates, e-mails and quotes.")
+              help="Do not protect code, JSON, URLs, numbers, IDs, names, paths, options, key=value pairs, "
+                   "stack traces, diffs, log lines, tables, command output, configuration, CSV, SQL, markup, "
+                   "mathematics, speakers, negations, arrows, citations, dates, e-mails and quotes.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True), default="-",
               show_default=True, help="Where to write the compressed text.")
 @click.option("--show-dropped", is_flag=True,
@@ -63,9 +63,10 @@ def compress(file: str, rate: float | None, target_tokens: int | None, target: s
 
     Malformed UTF-8 bytes pass through unchanged. Protected spans (code, JSON,
     URLs, numbers, IDs, file names and paths, dotted and snake_case names,
-    command-line options, stack traces, diffs, shell command lines, tables,
-    configuration, CSV, SQL, markup and mathematics, speakers' labels,
-    negations, citations, dates, e-mail addresses, quoted strings,
+    command-line options, key=value pairs, stack traces, diffs, shell command
+    lines, log lines, tables, command output in columns, configuration, CSV,
+    SQL, markup and mathematics, speakers' labels, negations, arrows and
+    comparisons, citations, dates, e-mail addresses, quoted strings,
     <keep>...</keep>) are kept byte-for-byte.
     """
     import re

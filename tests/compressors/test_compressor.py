@@ -186,6 +186,20 @@ def test_a_table_and_configuration_pass_through(exact):
     assert len(out) < len(text) - (len(text) - len(table) - len(yaml)) / 3  # the prose is still compressed
 
 
+def test_logs_and_command_output_pass_through(exact):
+    # a log line lost its keys ("exited, code=exited, status=1/FAILURE" became "exited exited 1/FAILURE"),
+    # "df" output a mount point and a device, subtitles their arrows
+    from tests.compressors.test_protected_properties import COLUMNS, LOGS
+
+    srt = "1\n00:00:01,000 --> 00:00:04,200\nWelcome back to the channel, where we look at the scheduler."
+    prose = ("We looked at the logs from the night of the outage and found that the scheduler had been restarting "
+             "in a loop for about forty minutes before anybody noticed, which is why the queue grew so large. ")
+    text = f"{prose}\n\n{LOGS}\n\n{prose}\n\n{COLUMNS}\n\n{prose}\n\n{srt}\n"
+    out = exact.compress(text, 0.33).text
+    assert LOGS in out and COLUMNS in out and "00:00:01,000 --> 00:00:04,200" in out
+    assert out.count("the") < text.count("the") - 6  # the prose is still compressed
+
+
 def test_markup_keeps_its_meaning(exact):
     # "## Installing" became "# Installing" (another level), "[guide](url)" lost its brackets, "<div ...>" became
     # 'div class"warning"', and "$L = \lambda \cdot W$" was dropped whole

@@ -42,6 +42,11 @@ PROTECTED = st.one_of(
     st.from_regex(r"\n\tat [a-z]{1,6}\.[A-Z][a-z]{1,6}\.[a-z]{1,6}\([A-Z][a-z]{1,6}\.java:[1-9][0-9]{0,3}\)\n",
                   fullmatch=True),
     st.from_regex(r"\n\$ [a-z]{2,8}( --?[a-z]{1,8}){0,3}( [a-z]{2,8}){0,2}\n", fullmatch=True),
+    # a log line, a key=value pair and an arrow
+    st.from_regex(r"\n2024-0[1-9]-[12][0-9] [01][0-9]:[0-5][0-9]:[0-5][0-9] (INFO|WARN|ERROR)( [a-z]{2,8}){1,6}\n",
+                  fullmatch=True),
+    st.from_regex(r"[a-z]{2,8}=[a-z0-9]{1,8}", fullmatch=True),
+    st.sampled_from(["->", "-->", "=>", ">=", "<=", "!=", "→"]),
 )
 
 
@@ -128,6 +133,28 @@ def test_data_and_configuration_written_without_a_fence_are_found():
              "table.\n\nNote: the office is closed on Friday.\nRed, green, blue and white are the colours. "
              "Pick one | or two.\n")
     assert [prose[s:e] for s, e in protected_spans(prose)] == ["Customer:", "cannot", "Agent:", "Customer:", "Note:"]
+
+
+LOGS = ("2024-05-01 02:14:07,311 ERROR worker 7 crashed: connection reset by peer\n"
+        "[2024-05-01T02:14:09Z] WARN queue depth 12000 exceeds soft limit 10000\n"
+        "Nov 28 02:14:11 web-3 systemd[1]: scheduler.service: Main process exited, code=exited, status=1/FAILURE\n"
+        "I1128 02:14:12.104 1234 pool.go:88] restarting the pool")
+COLUMNS = ("NAME                     READY   STATUS    RESTARTS   AGE\n"
+           "api-7d9f8b6c5-x2x9z      1/1     Running   0          3d\n"
+           "worker-5c8d7f9b4-k8s7q   0/1     Pending   12         41m")
+
+
+def test_logs_command_output_arrows_and_assignments_are_found():
+    text = (f"The logs of the night:\n\n{LOGS}\n\nThe pods then:\n\n{COLUMNS}\n\nIn short A -> B --> C, x >= 3, "
+            "y <= 4, a != b, p => q and 5 → 6; the agent ran with retries=3 and mode=\"fast\", then set debug=on.")
+    found = [text[s:e] for s, e in protected_spans(text)]
+    for item in (*LOGS.split("\n"), COLUMNS, "->", "-->", ">=", "<=", "!=", "=>", "→", "retries=3", 'mode="fast"',
+                 "debug=on"):
+        assert item in found, item
+    # prose is not: a date and a time to the minute, two spaces after full stops, spaced "=", a lone "<"
+    prose = ("On 2024-05-01 at 10:30 the team met.  It was long.  We agreed.\nThe plan is set.  Costs fell.  "
+             "Good.\nWe go on Monday.  Then we rest.  Fine.\nSo a = b, and c < d or e > f.")
+    assert [prose[s:e] for s, e in protected_spans(prose)] == ["2024-05-01", "10:30"]
 
 
 def test_markup_is_found():

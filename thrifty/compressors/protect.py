@@ -10,7 +10,10 @@ character ranges. What is protected by default (``defaults=True``):
   to its exception line, and the frames of JVM, .NET and JavaScript traces
   (``at com.x.Pool.get(Pool.java:42)``, ``at f (app.js:10:5)``) with their
   ``Caused by:`` and ``... 3 more`` lines; unified diffs (their file headers
-  and hunks); and shell command lines (``$ ...``);
+  and hunks); shell command lines (``$ ...``); log lines (a line that starts
+  with a date and a time to the second: ISO, syslog's ``Nov 28 02:14:07``,
+  glog's); and a command's output in columns aligned with spaces (``df -h``,
+  ``kubectl get pods``: three or more lines with two or more wide gaps);
 * data and configuration written without a fence: Markdown tables (lines that
   start and end with ``|``), runs of three or more short ``key: value`` or
   ``key = value`` lines (YAML, INI, ``.env``, e-mail headers), CSV lines
@@ -19,7 +22,8 @@ character ranges. What is protected by default (``defaults=True``):
   the paragraph);
 * negations (``not``, ``no``, ``never``, ``without``, ``don't``...), whose loss
   turns a sentence into its opposite; a task list's check boxes; numbered
-  citations (``[3]``);
+  citations (``[3]``); arrows and comparisons (``->``, ``-->``, ``=>``,
+  ``>=``, ``!=``, ``→``, ``≤``...);
 * speakers' labels at the start of a line (``Alice:``, ``[00:12] Dr. Chen:``),
   so that a transcript keeps who said what;
 * markup: Markdown heading, ordered-list and quotation markers, the brackets
@@ -38,10 +42,10 @@ character ranges. What is protected by default (``defaults=True``):
   (``ABC-1234``, ``gpt-4o``, ``v1.2.3``, ``user_42``), names joined by dots,
   ``::`` or underscores (``menu.h``, ``os.path.join``, ``example.com``,
   ``std::vec``, ``max_retries``), command-line options (``-E``,
-  ``--max-count=NUM``) and file paths (``/etc/hosts``, ``~/.bashrc``,
-  ``src/app.py``, ``C:\\Users``): the model's tokenizer splits these at their
-  punctuation and would drop pieces of them ("--line-buffered" became
-  "line buffered", "menu.h" became "menu h");
+  ``--max-count=NUM``), ``key=value`` pairs (``code=exited``) and file paths
+  (``/etc/hosts``, ``~/.bashrc``, ``src/app.py``, ``C:\\Users``): the model's
+  tokenizer splits these at their punctuation and would drop pieces of them
+  ("--line-buffered" became "line buffered", "menu.h" became "menu h");
 * quoted strings (``"..."``, ``'...'``, typographic quotes, ``«...»``,
   ``「...」``), up to 300 characters on one line.
 
@@ -164,6 +168,20 @@ _DEFAULT_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"(?m)^[ \t]*(?:\[[^\]\n]{1,20}\][ \t]*)?[A-Z][\w.'\-]*(?:[ \t][A-Z0-9][\w.'\-]*){0,2}:(?=[ \t])", (":",)),
     # shell command lines ("$ kubectl get pods -n prod")
     (r"(?m)^[ \t]*\$ [^\n]+", ("$ ",)),
+    # log lines: a line that starts with a date and a time to the second (ISO, "2024/05/01", syslog's "Nov 28
+    # 02:14:07", glog's "I1128 02:14:07"), perhaps bracketed; its message is data ("exited, code=exited,
+    # status=1/FAILURE" became "exited exited 1/FAILURE")
+    (r"(?m)^[ \t]*\[?(?:\d{4}[-/]\d{2}[-/]\d{2}[T ]|" + _MONTHS + r"[ \t]+\d{1,2}[ \t]+|[IWEF]\d{4}[ \t]+)"
+     r"\d{2}:\d{2}:\d{2}(?!\d)[^\n]*", (":",)),
+    # a command's output in columns aligned with spaces ("df -h", "kubectl get pods"): three or more lines
+    # with two or more gaps of two spaces or more, each after a cell, not after a sentence's end (prose typed
+    # with two spaces after a full stop)
+    (r"(?m)^(?=[^\n]*[^\s.!?:;,] {2,}\S[^\n]*[^\s.!?:;,] {2,}\S)[^\n]+"
+     r"(?:\n(?=[^\n]*[^\s.!?:;,] {2,}\S[^\n]*[^\s.!?:;,] {2,}\S)[^\n]+){2,}", ("  ",)),
+    # arrows and comparisons ("A -> B", "00:00:01,000 --> 00:00:04,200", "x >= 3"), whose halves the
+    # tokenizer splits
+    (r"<[-=]{1,2}>?|[-=]{1,2}>|[!=>]=|[→←↔⇒⇐⇔≥≤≠]",
+     ("->", "=>", "<-", "<=", ">=", "!=", "==", "→", "←", "↔", "⇒", "⇐", "⇔", "≥", "≤", "≠")),
     # URLs and e-mail addresses
     (r"(?i)\b(?:[a-z][a-z0-9+.\-]*://|www\.)[^\s<>\"'`]+[^\s<>\"'`.,;:!?)\]}]", ("://", "www.", "WWW.")),
     (r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+", ("@",)),
@@ -241,6 +259,8 @@ _DOTTED = re.compile(r"(?:\.|::)\w(?:[\w\-]*\w)?(?:(?:\.|::)\w(?:[\w\-]*\w)?)*")
 _UNDERSCORED = re.compile(r"_\w*")
 _SLASHED = re.compile(r"/[\w.\-]*\w(?:/[\w.\-]*\w)*/?")
 _OPTION = re.compile(r"--?[^\W\d_][\w\-]*(?:\[?=[^\s\]]*\]?)?")
+#: "=" and a value: quoted, or up to a space, bracket or separator, without a sentence's last punctuation
+_ASSIGNED = re.compile(r"=(?:\"[^\"\n]{0,300}\"|[^\s\"'`=,;()\[\]{}<>]*[^\s\"'`=,;()\[\]{}<>.:!?])")
 
 
 def _word_char(ch: str) -> bool:
@@ -257,7 +277,8 @@ def _word_start(text: str, i: int, also: str) -> int:
 def _joined_spans(text: str) -> list[tuple[int, int]]:
     """Names joined by dots, ``::`` or underscores (file names, modules and members, domains, snake_case:
     ``menu.h``, ``os.path.join``, ``std::vec``, ``max_retries``), paths (``/etc/hosts``, ``~/.bashrc``,
-    ``src/app.py``) and command-line options (``-E``, ``--max-count=NUM``, ``--color[=WHEN]``)."""
+    ``src/app.py``), command-line options (``-E``, ``--max-count=NUM``, ``--color[=WHEN]``) and
+    ``key=value`` pairs (``code=exited``, ``level="warn"``)."""
     spans = []
     for m in _DOTTED.finditer(text):  # after a word that starts with a letter (a number's dot is a number's)
         if m.start() and _word_char(text[m.start() - 1]):
@@ -275,6 +296,9 @@ def _joined_spans(text: str) -> list[tuple[int, int]]:
     for m in _OPTION.finditer(text):  # "-" or "--" that starts a word, not a hyphen inside one
         if not m.start() or not (_word_char(text[m.start() - 1]) or text[m.start() - 1] == "-"):
             spans.append(m.span())
+    for m in _ASSIGNED.finditer(text):  # "key=value" with its key ("code=exited", "level=warn")
+        if m.start() and _word_char(text[m.start() - 1]):
+            spans.append((_word_start(text, m.start(), ".-"), m.end()))
     return spans
 
 
