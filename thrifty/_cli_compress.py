@@ -46,8 +46,9 @@ _SKIPPED = {"empty": "no text", "rate": "rate 1", "fits": "within the budget alr
               help="The question the text is context for: the sentences relevant to it are kept.")
 @click.option("--no-default-protection", is_flag=True,
               help="Do not protect code, JSON, URLs, numbers, IDs, names, paths, options, key=value pairs, "
-                   "stack traces, diffs, log lines, tables, command output, configuration, CSV, SQL, markup, "
-                   "mathematics, speakers, negations, arrows, citations, dates, e-mails and quotes.")
+                   "version constraints, stack traces, diffs, HTTP and git log headers, log lines, tables, "
+                   "command output, configuration, CSV, SQL, markup, mathematics, speakers, negations, arrows, "
+                   "citations, dates, e-mails and quotes.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True), default="-",
               show_default=True, help="Where to write the compressed text.")
 @click.option("--show-dropped", is_flag=True,
@@ -63,8 +64,9 @@ def compress(file: str, rate: float | None, target_tokens: int | None, target: s
 
     Malformed UTF-8 bytes pass through unchanged. Protected spans (code, JSON,
     URLs, numbers, IDs, file names and paths, dotted and snake_case names,
-    command-line options, key=value pairs, stack traces, diffs, shell command
-    lines, log lines, tables, command output in columns, configuration, CSV,
+    command-line options, key=value pairs, version constraints, stack traces,
+    diffs, shell command lines, HTTP request and status lines, git log
+    headers, log lines, tables, command output in columns, configuration, CSV,
     SQL, markup and mathematics, speakers' labels, negations, arrows and
     comparisons, citations, dates, e-mail addresses, quoted strings,
     <keep>...</keep>) are kept byte-for-byte.

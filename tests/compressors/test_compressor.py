@@ -200,6 +200,21 @@ def test_logs_and_command_output_pass_through(exact):
     assert out.count("the") < text.count("the") - 6  # the prose is still compressed
 
 
+def test_http_messages_git_logs_and_version_pins_keep_their_parts(exact):
+    # a request line lost its "?", a git log its commit lines, weekdays and e-mails' brackets, and
+    # "urllib3<2" its "<"
+    http = "GET /v2/session?redirect=true HTTP/1.1\nHost: api.example.com\n\nHTTP/1.1 302 Found"
+    git = ("commit 4be01d9c77\nAuthor: Tom Ellis <tom@example.com>\nDate:   Mon Nov 25 09:47:30 2024 +0100\n\n"
+           "    Lower the default timeout from 30 s to 10 s")
+    pins = "requests>=2.31,<3 and urllib3<2"
+    prose = ("The regression appeared between the two releases, and the history of the file shows only two commits "
+             "that touched the retry logic in that period, which is why we looked at them first. ")
+    text = f"{prose}\n\n{http}\n\n{prose}\n\n{git}\n\n{prose} We pin {pins} in the lock file.\n"
+    out = exact.compress(text, 0.33).text
+    assert http in out and git in out and pins.replace(" and ", " ") in out.replace(" and ", " ")
+    assert out.count("the") < text.count("the") - 6  # the prose is still compressed
+
+
 def test_markup_keeps_its_meaning(exact):
     # "## Installing" became "# Installing" (another level), "[guide](url)" lost its brackets, "<div ...>" became
     # 'div class"warning"', and "$L = \lambda \cdot W$" was dropped whole

@@ -47,6 +47,9 @@ PROTECTED = st.one_of(
                   fullmatch=True),
     st.from_regex(r"[a-z]{2,8}=[a-z0-9]{1,8}", fullmatch=True),
     st.sampled_from(["->", "-->", "=>", ">=", "<=", "!=", "→"]),
+    # a version constraint and an e-mail address in angle brackets
+    st.from_regex(r"[a-z]{3,8}[0-9]?(>=|<|==|~=|\^)[0-9]\.[0-9]{1,2}(,<[0-9])?", fullmatch=True),
+    st.from_regex(r"<[a-z]{2,6}@[a-z]{3,6}\.(com|org)>", fullmatch=True),
 )
 
 
@@ -155,6 +158,24 @@ def test_logs_command_output_arrows_and_assignments_are_found():
     prose = ("On 2024-05-01 at 10:30 the team met.  It was long.  We agreed.\nThe plan is set.  Costs fell.  "
              "Good.\nWe go on Monday.  Then we rest.  Fine.\nSo a = b, and c < d or e > f.")
     assert [prose[s:e] for s, e in protected_spans(prose)] == ["2024-05-01", "10:30"]
+
+
+def test_http_messages_git_logs_weekdays_and_version_constraints_are_found():
+    http = "GET /v2/session?redirect=true HTTP/1.1\nHost: api.example.com\n\nHTTP/1.1 302 Found"
+    git = "commit 9f2c1e7b4a\nAuthor: Priya Raman <priya@example.com>\nDate:   Tue Nov 26 14:02:11 2024 +0100"
+    text = (f"The request:\n\n{http}\n\nThe history:\n\n{git}\n\nWe pin requests>=2.31,<3 and urllib3<2, react^18.2 "
+            "too; see <https://example.com/pins> or write to <ops@example.com> by Tuesday, 3 March, or read "
+            "/api/items?page=2&size=50.")
+    found = [text[s:e] for s, e in protected_spans(text)]
+    for item in ("GET /v2/session?redirect=true HTTP/1.1", "HTTP/1.1 302 Found", git, "requests>=2.31,<3",
+                 "urllib3<2", "react^18.2", "<https://example.com/pins>", "<ops@example.com>", "Tuesday,",
+                 "/api/items?page=2&size=50"):
+        assert item in found, item
+    # prose is not: a sentence that starts with "GET", a commit in a sentence, "<" between words, a weekday alone,
+    # a question after a path
+    prose = ("GET the keys from the office.\nWe commit to it on Sunday and sat down, 3 < x is odd; is it in "
+             "/etc/hosts? Yes.")
+    assert [prose[s:e] for s, e in protected_spans(prose)] == ["3", "/etc/hosts"]
 
 
 def test_markup_is_found():
