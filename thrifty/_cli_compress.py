@@ -47,8 +47,8 @@ _SKIPPED = {"empty": "no text", "rate": "rate 1", "fits": "within the budget alr
 @click.option("--no-default-protection", is_flag=True,
               help="Do not protect code, JSON, URLs, numbers, IDs, names, paths, options, key=value pairs, "
                    "version constraints, stack traces, diffs, HTTP and git log headers, log lines, tables, "
-                   "command output, configuration, CSV, SQL, markup, mathematics, speakers, negations, arrows, "
-                   "citations, dates, e-mails and quotes.")
+                   "command output, configuration, CSV, SQL, markup, mathematics, formulas, speakers, negations, "
+                   "arrows, citations, sections, dates, e-mails, mentions, telephone numbers and quotes.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True), default="-",
               show_default=True, help="Where to write the compressed text.")
 @click.option("--show-dropped", is_flag=True,
@@ -67,9 +67,10 @@ def compress(file: str, rate: float | None, target_tokens: int | None, target: s
     command-line options, key=value pairs, version constraints, stack traces,
     diffs, shell command lines, HTTP request and status lines, git log
     headers, log lines, tables, command output in columns, configuration, CSV,
-    SQL, markup and mathematics, speakers' labels, negations, arrows and
-    comparisons, citations, dates, e-mail addresses, quoted strings,
-    <keep>...</keep>) are kept byte-for-byte.
+    SQL, markup and mathematics, formulas, speakers' labels, negations, arrows
+    and comparisons, citations, sections, dates, e-mail addresses, mentions,
+    telephone numbers, quoted strings, <keep>...</keep>) are kept
+    byte-for-byte.
     """
     import re
 

@@ -215,6 +215,20 @@ def test_http_messages_git_logs_and_version_pins_keep_their_parts(exact):
     assert out.count("the") < text.count("the") - 6  # the prose is still compressed
 
 
+def test_references_mentions_and_formulas_keep_their_parts(exact):
+    # "Section 4.2(b)" lost its "(b)", "@tom-ellis" became "tom ellis", "hits / (hits + misses)" became
+    # "hits hits misses" and "x^2 + y^2 > r^2" lost its operators
+    keep = ("Section 4.2(b)", "@maria", "@tom-ellis", "+1 (415) 555-0100", "Mon-Fri", "hits / (hits + misses)",
+            "x^2 + y^2 > r^2")
+    prose = ("As discussed in the call on Friday, the vendor agreed to extend the support window until the end of "
+             "the quarter, provided that we sign the amendment described in {} of the master agreement. ")
+    text = "".join(prose.format(item) for item in keep)
+    out = exact.compress(text, 0.33).text
+    for item in keep:
+        assert item in out, item
+    assert len(out) < 0.75 * len(text)  # the prose is still compressed
+
+
 def test_markup_keeps_its_meaning(exact):
     # "## Installing" became "# Installing" (another level), "[guide](url)" lost its brackets, "<div ...>" became
     # 'div class"warning"', and "$L = \lambda \cdot W$" was dropped whole

@@ -151,12 +151,13 @@ def test_logs_command_output_arrows_and_assignments_are_found():
     text = (f"The logs of the night:\n\n{LOGS}\n\nThe pods then:\n\n{COLUMNS}\n\nIn short A -> B --> C, x >= 3, "
             "y <= 4, a != b, p => q and 5 → 6; the agent ran with retries=3 and mode=\"fast\", then set debug=on.")
     found = [text[s:e] for s, e in protected_spans(text)]
-    for item in (*LOGS.split("\n"), COLUMNS, "->", "-->", ">=", "<=", "!=", "=>", "→", "retries=3", 'mode="fast"',
-                 "debug=on"):
+    for item in (*LOGS.split("\n"), COLUMNS, "->", "-->", "x >= 3", "y <= 4", "a != b", "=>", "→", "retries=3",
+                 'mode="fast"', "debug=on"):
         assert item in found, item
-    # prose is not: a date and a time to the minute, two spaces after full stops, spaced "=", a lone "<"
+    # prose is not: a date and a time to the minute, two spaces after full stops, dashes, slashes between words,
+    # inline bullets
     prose = ("On 2024-05-01 at 10:30 the team met.  It was long.  We agreed.\nThe plan is set.  Costs fell.  "
-             "Good.\nWe go on Monday.  Then we rest.  Fine.\nSo a = b, and c < d or e > f.")
+             "Good.\nWe go on Monday.  Then we rest.  Fine.\nSo read / write access - for now. * Next item.")
     assert [prose[s:e] for s, e in protected_spans(prose)] == ["2024-05-01", "10:30"]
 
 
@@ -171,11 +172,23 @@ def test_http_messages_git_logs_weekdays_and_version_constraints_are_found():
                  "urllib3<2", "react^18.2", "<https://example.com/pins>", "<ops@example.com>", "Tuesday,",
                  "/api/items?page=2&size=50"):
         assert item in found, item
-    # prose is not: a sentence that starts with "GET", a commit in a sentence, "<" between words, a weekday alone,
+    # prose is not: a sentence that starts with "GET", a commit in a sentence, "<" after a word, a weekday alone,
     # a question after a path
-    prose = ("GET the keys from the office.\nWe commit to it on Sunday and sat down, 3 < x is odd; is it in "
+    prose = ("GET the keys from the office.\nWe commit to it on Sunday and sat down, odd< 3 or so; is it in "
              "/etc/hosts? Yes.")
     assert [prose[s:e] for s, e in protected_spans(prose)] == ["3", "/etc/hosts"]
+
+
+def test_sections_mentions_phone_numbers_day_ranges_and_expressions_are_found():
+    text = ("Sign the amendment of Section 4.2(b) and clause 12(1)(a); @maria and @tom-ellis review it. Call "
+            "+1 (415) 555-0100, Mon-Fri. The ratio is hits / (hits + misses), and if x^2 + y^2 > r^2 it is out.")
+    found = [text[s:e] for s, e in protected_spans(text)]
+    for item in ("4.2(b)", "12(1)(a)", "@maria", "@tom-ellis", "+1", "(415) 555-0100", "Mon-Fri",
+                 "hits / (hits + misses)", "x^2 + y^2 > r^2"):
+        assert item in found, item
+    # an e-mail address is one span, not a mention; a year in parentheses alone is a number
+    assert [m for m in found if "@" in m] == ["@maria", "@tom-ellis"]
+    assert protected_spans("Write to ops@example.com in (2024).") == [(9, 24), (29, 33)]
 
 
 def test_markup_is_found():
@@ -192,9 +205,9 @@ def test_markup_is_found():
     # a speaker's label starts a line with a capital; a phrase before a colon does not
     labels = "[00:12:05] Dr. Chen: hello\nSPEAKER 2: yes\nQ: why?\nA: because.\nThe plan: we go.\n"
     assert [labels[s:e] for s, e in protected_spans(labels)] == ["[00:12:05] Dr. Chen:", "SPEAKER 2:", "Q:", "A:"]
-    # money, comparisons, hashtags and numbers inside a line are none of these
+    # money, hashtags and numbers inside a line are none of these (comparisons are kept as such)
     prose = "It costs $5 and $10, or $ 7 with tax; if a < b and c > d, tag it #release for chapter 1. Then go."
-    assert [prose[s:e] for s, e in protected_spans(prose)] == ["$5", "$10", "7", "1"]
+    assert [prose[s:e] for s, e in protected_spans(prose)] == ["$5", "$10", "7", "a < b", "c > d", "1"]
 
 
 def test_numbers_keep_their_units():
