@@ -335,12 +335,11 @@ def _joined_spans(text: str) -> list[tuple[int, int]]:
     for m in _OPTION.finditer(text):  # "-" or "--" that starts a word, not a hyphen inside one
         if not m.start() or not (_word_char(text[m.start() - 1]) or text[m.start() - 1] == "-"):
             spans.append(m.span())
-    for m in _ASSIGNED.finditer(text):  # "key=value" with its key ("code=exited", "level=warn")
-        if m.start() and _word_char(text[m.start() - 1]):
-            spans.append((_word_start(text, m.start(), ".-"), m.end()))
-    for m in _CONSTRAINT.finditer(text):  # a version constraint with its package's name
-        if m.start() and _word_char(text[m.start() - 1]):
-            spans.append((_word_start(text, m.start(), ".-"), m.end()))
+    # "key=value" with its key ("code=exited", "level=warn"), a version constraint with its package's name
+    for regex in (_ASSIGNED, _CONSTRAINT):
+        for m in regex.finditer(text):
+            if m.start() and _word_char(text[m.start() - 1]):
+                spans.append((_word_start(text, m.start(), ".-"), m.end()))
     spans.extend(_expression_spans(text))
     return spans
 
