@@ -217,9 +217,9 @@ def test_http_messages_git_logs_and_version_pins_keep_their_parts(exact):
 
 def test_references_mentions_and_formulas_keep_their_parts(exact):
     # "Section 4.2(b)" lost its "(b)", "@tom-ellis" became "tom ellis", "hits / (hits + misses)" became
-    # "hits hits misses" and "x^2 + y^2 > r^2" lost its operators
+    # "hits hits misses", "x^2 + y^2 > r^2" lost its operators, "(Borgeaud et al., 2022)" became "2022"
     keep = ("Section 4.2(b)", "@maria", "@tom-ellis", "+1 (415) 555-0100", "Mon-Fri", "hits / (hits + misses)",
-            "x^2 + y^2 > r^2")
+            "x^2 + y^2 > r^2", "(Lewis et al., 2020; Borgeaud et al., 2022)", "Chen et al. (2021)", "§ 26")
     prose = ("As discussed in the call on Friday, the vendor agreed to extend the support window until the end of "
              "the quarter, provided that we sign the amendment described in {} of the master agreement. ")
     text = "".join(prose.format(item) for item in keep)

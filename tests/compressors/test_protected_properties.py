@@ -191,6 +191,18 @@ def test_sections_mentions_phone_numbers_day_ranges_and_expressions_are_found():
     assert protected_spans("Write to ops@example.com in (2024).") == [(9, 24), (29, 33)]
 
 
+def test_author_year_citations_footnotes_and_section_signs_are_found():
+    text = ("Retrieval helps (Lewis et al., 2020; Borgeaud et al., 2022), less so at scale (Smith and Jones, 2023), "
+            "as Chen et al. (2021) and Bus & Dekker (1975) found; see § 26 and [^2].")
+    found = [text[s:e] for s, e in protected_spans(text)]
+    for item in ("(Lewis et al., 2020; Borgeaud et al., 2022)", "(Smith and Jones, 2023)", "Chen et al. (2021)",
+                 "Bus & Dekker (1975)", "§ 26", "[^2]"):
+        assert item in found, item
+    # a year alone in parentheses is a number, a parenthesis of words is prose
+    prose = "The tool (released in 2020) was rewritten (by Maria) in the spring of 2021."
+    assert [prose[s:e] for s, e in protected_spans(prose)] == ["2020", "2021"]
+
+
 def test_markup_is_found():
     text = ("## Installing the agent\n\n1. Download the package.\n2) Verify it.\nSee the [install guide](https://x.org/a "
             '"Guide") and ![a diagram](img/arch.png).\n<div class="warning"><p>Do not mix clusters.</p></div>\n'

@@ -25,10 +25,12 @@ character ranges. What is protected by default (``defaults=True``):
   the paragraph);
 * negations (``not``, ``no``, ``never``, ``without``, ``don't``...), whose loss
   turns a sentence into its opposite; a task list's check boxes; numbered
-  citations (``[3]``) and a section's lettered parts (``4.2(b)``); arrows and
-  comparisons (``->``, ``-->``, ``=>``, ``>=``, ``!=``, ``→``, ``≤``...), and
-  arithmetic written with spaced operators, whole (``hits / (hits +
-  misses)``, ``x^2 + y^2 > r^2``);
+  citations (``[3]``), author-year citations (``(Lewis et al., 2020)``,
+  ``Chen et al. (2021)``), footnote references (``[^2]``), section signs
+  with their numbers (``§ 26``) and a section's lettered parts
+  (``4.2(b)``); arrows and comparisons (``->``, ``-->``, ``=>``, ``>=``,
+  ``!=``, ``→``, ``≤``...), and arithmetic written with spaced operators,
+  whole (``hits / (hits + misses)``, ``x^2 + y^2 > r^2``);
 * speakers' labels at the start of a line (``Alice:``, ``[00:12] Dr. Chen:``),
   so that a transcript keeps who said what;
 * markup: Markdown heading, ordered-list and quotation markers, the brackets
@@ -85,6 +87,8 @@ _MONTHS = (
     r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"
 )
 
+#: A work's authors as an author-year citation names them: "Lewis", "Lewis et al.", "Smith and Jones".
+_AUTHORS = r"[A-Z][\w\-'’]+(?: et al\.|,? (?:and|&) [A-Z][\w\-'’]+)?"
 #: A weekday's name after its capital ("on" of "Mon", "ursday" of "Thursday").
 _DAY_REST = (r"(?:on(?:day)?|ue(?:s(?:day)?)?|ed(?:nesday)?|hu(?:r(?:s(?:day)?)?)?|ri(?:day)?|at(?:urday)?|"
              r"un(?:day)?)")
@@ -178,6 +182,13 @@ _DEFAULT_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # a task list's check boxes ("- [x]" is done, "- [ ]" is not) and numbered citations ("[3]", "[2, 5]")
     (r"(?m)^[ \t]*[-*+][ \t]+\[[ xX]\]", ("[ ]", "[x]", "[X]")),
     (r"\[\d{1,3}(?:[,–\-][ \t]?\d{1,3})*\]", ("[",)),
+    # author-year citations, in parentheses ("(Lewis et al., 2020; Borgeaud et al., 2022)") or after the names
+    # ("Chen et al. (2021)", "Smith and Jones (2023)"), whose names say which work; footnote references
+    # ("[^2]"); a section sign with its number ("§ 26")
+    (r"\((?=[A-Z])(?:" + _AUTHORS + r",? (?:19|20)\d{2}[a-z]?(?:[;,] ?(?=[A-Z])|(?=\))))+\)", ("(",)),
+    (_AUTHORS + r" \((?:19|20)\d{2}[a-z]?\)", (" (19", " (20")),
+    (r"\[\^[^\]\s]{1,20}\]", ("[^",)),
+    (r"[§¶]{1,2}[ \t\u00a0]?\d[\w.]*(?:\(\w{1,4}\))*", ("§", "¶")),
     # who says what: a speaker's label at the start of a line ("Alice:", "Dr. Chen:", "SPEAKER 2:", "Q:"), after
     # a bracketed time if there is one; without it, a transcript's turns run together
     (r"(?m)^[ \t]*(?:\[[^\]\n]{1,20}\][ \t]*)?[A-Z][\w.'\-]*(?:[ \t][A-Z0-9][\w.'\-]*){0,2}:(?=[ \t])", (":",)),
