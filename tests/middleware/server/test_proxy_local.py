@@ -175,12 +175,14 @@ def test_a_prompt_too_long_for_the_local_model_is_fitted_and_answered(local_prox
     passage = ("The committee met on Tuesday to review the budget. Members discussed the rising cost of "
                "repairs to the old library's roof and heating, and agreed to ask the city council for more money. ")
     messages = [{"role": "user", "content": passage * 260 + "\n\nWhat will the committee ask the city council for?"}]
-    client = openai.OpenAI(base_url=local_proxy.openai_url, api_key="unused", max_retries=0)
-    # a large max_tokens leaves a small window for the prompt, and a stop at the first space a short answer
+    client = openai.OpenAI(base_url=local_proxy.openai_url, api_key="unused", max_retries=0, timeout=180)
+    # a large max_tokens leaves a small window for the prompt, and stops at the first space, line, full stop or
+    # comma a short answer
     with pytest.raises(openai.BadRequestError, match="context window of 8192 tokens; shorten the messages"):
         client.chat.completions.create(model="local/smollm2-135m", messages=messages, max_tokens=6000)
     before = len(local_proxy.rows())
-    r = client.chat.completions.create(model="local/smollm2-135m", messages=messages, max_tokens=6000, stop=[" "],
+    r = client.chat.completions.create(model="local/smollm2-135m", messages=messages, max_tokens=6000,
+                                       stop=[" ", "\n", ".", ","],
                                        temperature=0, extra_body={"thrifty": {"compress": {"fit_context": True}}})
     assert r.choices[0].finish_reason == "stop"
     assert 0.97 * (8192 - 6000) < r.usage.prompt_tokens <= 8192 - 6000
