@@ -337,12 +337,10 @@ def _measure(request: Request, ctx: CallContext, model: str) -> int:
     """The prompt's tokens as its provider counts them before the call (exact for local models), or as
     the ledger estimates them."""
     if ctx.target is not None:
-        exact = ctx.target.provider.estimate_prompt_tokens(request)
-        if exact is not None:
-            return exact
+        return ctx.target.provider.prompt_tokens(request, model)
     from thrifty.ledger.tokens import count_prompt
 
-    return count_prompt(request, model, ctx.target.provider.kind if ctx.target is not None else "").n
+    return count_prompt(request, model, "").n
 
 
 def _texts(found: list[tuple[_Where, str]], results: list[CompressResult]) -> dict[_Where, str]:

@@ -726,11 +726,7 @@ class LimitsStage(Stage):
         provider = target.provider
         if provider.is_local:
             return Decimal(0)
-        prompt = provider.estimate_prompt_tokens(request)
-        if prompt is None:
-            from thrifty.ledger.tokens import count_prompt
-
-            prompt = count_prompt(request, target.model, provider.kind).n
+        prompt = provider.prompt_tokens(request, target.model)
         output = request.max_tokens if request.max_tokens is not None else self.default_output_tokens
         output = max(0, output) * max(1, request.n)
         cost = self._costs.worst_case(prompt, output, target.model, provider.pricing_id)

@@ -49,6 +49,16 @@ class Provider(abc.ABC):
         """A pre-call count of the prompt tokens, or None when the provider cannot count."""
         return None
 
+    def prompt_tokens(self, request: Request, model: str) -> int:
+        """The prompt's tokens before the call: the provider's own count where it has one (exact for
+        local models), else the ledger's estimate for ``model``."""
+        n = self.estimate_prompt_tokens(request)
+        if n is not None:
+            return n
+        from thrifty.ledger.tokens import count_prompt
+
+        return count_prompt(request, model, self.kind).n
+
     def context_window(self, model: str) -> int | None:
         """How many tokens ``model`` takes, prompt and answer together, or None when unknown: by
         default what genai-prices' table says for the model under this provider's pricing id."""

@@ -309,16 +309,9 @@ class ProxyEntry:
 
     async def _count_prompt(self, target: Target, request: Request) -> int:
         provider = target.provider
-        n: int | None = None
         if provider.is_local:  # exact, from the model's own tokenizer (loading it is slow the first time)
-            n = await asyncio.to_thread(provider.estimate_prompt_tokens, request)
-        else:
-            n = provider.estimate_prompt_tokens(request)
-        if n is None:
-            from thrifty.ledger.tokens import count_prompt
-
-            n = count_prompt(request, target.model, provider.kind).n
-        return n
+            return await asyncio.to_thread(provider.prompt_tokens, request, target.model)
+        return provider.prompt_tokens(request, target.model)
 
     async def error(self, send: Send, w: Wire, exc: BaseException, ctx: CallContext | None) -> int:
         """Answer ``exc`` in the wire's error shape; an unexpected error is a 500 that tells nothing more."""
