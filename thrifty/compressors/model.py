@@ -31,11 +31,11 @@ products in integers, :mod:`thrifty.compressors._int8`, where the CPU has VNNI
 or AMX) is fastest on this machine: :func:`fast_precision` times each on the
 model itself once, interleaved, and stores the figures in the local models'
 ``dtype-probe.json`` (keyed by model, CPU, torch version and threads), so later
-processes, and so their decisions, do
-not change with the machine's load. A less precise runtime must be at least 10%
-faster than a more precise one to be chosen. Flags alone do not tell: on one
-Xeon with AVX512-BF16 but no AMX, bfloat16 ran the model 1.6x *slower* than
-float32, and int8 1.3x faster (docs/benchmarks.md).
+processes, and so their decisions, do not change with the machine's load. A
+less precise runtime must be at least 10% faster than a more precise one to be
+chosen. Flags alone do not tell: on one Xeon with AVX512-BF16 but no AMX,
+bfloat16 ran the model 1.6x *slower* than float32, and int8 1.3x faster
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations

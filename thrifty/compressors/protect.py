@@ -56,9 +56,9 @@ character ranges. What is protected by default (``defaults=True``):
   ``--max-count=NUM``), ``key=value`` pairs (``code=exited``), version
   constraints (``requests>=2.31,<3``, ``urllib3<2``) and file paths
   (``/etc/hosts``, ``~/.bashrc``, ``src/app.py``, ``C:\\Users``, with a query
-  string: ``/api/items?page=2``): the model's
-  tokenizer splits these at their punctuation and would drop pieces of them
-  ("--line-buffered" became "line buffered", "menu.h" became "menu h");
+  string: ``/api/items?page=2``): the model's tokenizer splits these at their
+  punctuation and would drop pieces of them ("--line-buffered" became "line
+  buffered", "menu.h" became "menu h");
 * quoted strings (``"..."``, ``'...'``, typographic quotes, ``«...»``,
   ``「...」``), up to 300 characters on one line.
 
@@ -92,6 +92,9 @@ _AUTHORS = r"[A-Z][\w\-'’]+(?: et al\.|,? (?:and|&) [A-Z][\w\-'’]+)?"
 #: A weekday's name after its capital ("on" of "Mon", "ursday" of "Thursday").
 _DAY_REST = (r"(?:on(?:day)?|ue(?:s(?:day)?)?|ed(?:nesday)?|hu(?:r(?:s(?:day)?)?)?|ri(?:day)?|at(?:urday)?|"
              r"un(?:day)?)")
+
+#: An e-mail address, bare or in angle brackets.
+_EMAIL = r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+"
 
 #: The marker of a user-protected region: ``<keep>...</keep>`` (markers kept in the output).
 KEEP_REGION = r"<keep>.*?</keep>"
@@ -218,9 +221,9 @@ _DEFAULT_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
      ("->", "=>", "<-", "<=", ">=", "!=", "==", "→", "←", "↔", "⇒", "⇐", "⇔", "≥", "≤", "≠")),
     # URLs and e-mail addresses
     (r"(?i)\b(?:[a-z][a-z0-9+.\-]*://|www\.)[^\s<>\"'`]+[^\s<>\"'`.,;:!?)\]}]", ("://", "www.", "WWW.")),
-    (r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+", ("@",)),
+    (_EMAIL, ("@",)),
     # ... with their angle brackets ("Priya Raman <priya@example.com>", "<https://example.com>")
-    (r"<(?:[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+|[a-z][a-z0-9+.\-]*://[^\s<>]+)>", ("<",)),
+    (r"<(?:" + _EMAIL + r"|[a-z][a-z0-9+.\-]*://[^\s<>]+)>", ("<",)),
     # dates and times
     (r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+\-]\d{2}:?\d{2})?)?\b", ("-",)),
     (r"\b\d{1,2}[/.\-]\d{1,2}[/.\-]\d{2,4}\b", _DIGIT),
@@ -327,8 +330,9 @@ def _word_start(text: str, i: int, also: str) -> int:
 def _joined_spans(text: str) -> list[tuple[int, int]]:
     """Names joined by dots, ``::`` or underscores (file names, modules and members, domains, snake_case:
     ``menu.h``, ``os.path.join``, ``std::vec``, ``max_retries``), paths (``/etc/hosts``, ``~/.bashrc``,
-    ``src/app.py``), command-line options (``-E``, ``--max-count=NUM``, ``--color[=WHEN]``) and
-    ``key=value`` pairs (``code=exited``, ``level="warn"``)."""
+    ``src/app.py``), command-line options (``-E``, ``--max-count=NUM``, ``--color[=WHEN]``),
+    ``key=value`` pairs (``code=exited``, ``level="warn"``) and version constraints with their names
+    (``requests>=2.31,<3``)."""
     spans = []
     for m in _DOTTED.finditer(text):  # after a word that starts with a letter (a number's dot is a number's)
         if m.start() and _word_char(text[m.start() - 1]):
@@ -351,7 +355,6 @@ def _joined_spans(text: str) -> list[tuple[int, int]]:
         for m in regex.finditer(text):
             if m.start() and _word_char(text[m.start() - 1]):
                 spans.append((_word_start(text, m.start(), ".-"), m.end()))
-    spans.extend(_expression_spans(text))
     return spans
 
 
@@ -375,9 +378,7 @@ def _expression_spans(text: str) -> list[tuple[int, int]]:
             end -= 1
         if not end or not _word_char(text[end - 1]):
             continue
-        begin = end
-        while begin > 0 and (_word_char(text[begin - 1]) or text[begin - 1] in ".^'"):
-            begin -= 1
+        begin = _word_start(text, end, ".^'")
         while begin > 0 and text[begin - 1] == "(":
             begin -= 1
         spans.append((begin, m.end()))
@@ -416,6 +417,7 @@ def protected_spans(
                 continue  # the pattern cannot match (all patterns without a trigger need a digit)
             spans.extend(m.span() for m in regex.finditer(text))
         spans.extend(_joined_spans(text))
+        spans.extend(_expression_spans(text))
         if "{" in text or "[" in text:
             spans.extend(_json_spans(text))
     for term in force_keep:
