@@ -171,7 +171,8 @@ class _Scored:
     probs: np.ndarray
     listed: np.ndarray  # bool: neither protected nor opaque
     spans: list[tuple[int, int]]  # protected spans, widened to whole words
-    # per chunk with listed words: their indices, their scores and their cl100k_base token counts
+    # per chunk with listed words: their indices, their scores, and each score repeated as many times as its
+    # word has cl100k_base tokens (what the percentile is taken over, at any rate)
     chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
     foreign_chars: int = 0  # characters of the paragraphs kept whole as in another language
     all_foreign: bool = False  # every word is in such a paragraph
@@ -181,8 +182,8 @@ class _Scored:
         weighted scores that leaves about ``rate`` of its tokens (``llmlingua``'s rule)."""
         keep = np.ones(len(self.starts), dtype=bool)
         q = int(100 * max(0.0, 1.0 - rate) + 1)
-        for idx, p, weights in self.chunks:
-            threshold = np.percentile(np.repeat(p, weights), q)
+        for idx, p, weighted in self.chunks:
+            threshold = np.percentile(weighted, q)
             keep[idx] = (p > threshold) | ((threshold == 1.0) & (p == threshold))
         return keep
 
@@ -459,7 +460,7 @@ class Compressor:
                 p = _sentence_scores(p, sentence[idx], weight)
             if relevance is not None:
                 p = p + relevance[sentence[idx]]
-            scored.append((idx, p, weights[idx]))
+            scored.append((idx, p, np.repeat(p, weights[idx])))
         return _Scored(starts, ends, words, probs, listed, spans, scored, foreign_chars, all_foreign)
 
     def _word_bounds(self, ids: np.ndarray, offs: np.ndarray
